@@ -1,0 +1,7 @@
+"""Trajectory meta-learners as Lightning callbacks."""
+
+from lightning_meta.callbacks.leap import Leap
+from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.callbacks.reptile import Reptile
+
+__all__ = ["Leap", "MetaInit", "Reptile"]

@@ -1,0 +1,344 @@
+"""``MetaInit``: the shared machinery of callbacks that meta-learn a model's initialisation theta_0.
+
+A subclass only says how one task's training trajectory turns into a meta-gradient (:class:`Leap`,
+:class:`Reptile`); this base finds task boundaries, starts every task from theta_0 with a fresh inner optimizer,
+averages the tasks of a meta-batch, steps theta_0 with a meta-optimizer, drops diverged tasks and checkpoints it all.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning_meta import Reptile
+    >>> callback = Reptile(inner_steps=5, meta_batch_size=2, meta_lr=0.5)
+    >>> trainer = L.Trainer(callbacks=[callback], max_steps=20, logger=False, enable_checkpointing=False)
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from copy import deepcopy
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.stream import TaskBatch
+
+ParamFilter = Callable[[str, Tensor], bool]
+
+
+def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
+    """Resolve ``"SGD"``, ``"torch.optim.Adam"``, ``"my_pkg.MyOptimizer"`` or a class to an optimizer class."""
+    if isinstance(spec, str):
+        module, _, name = spec.rpartition(".")
+        spec = getattr(importlib.import_module(module or "torch.optim"), name, None)  # type: ignore[assignment]
+    if not (isinstance(spec, type) and issubclass(spec, Optimizer)):
+        raise ValueError(f"meta_optimizer must name a torch.optim.Optimizer class (e.g. 'SGD', 'Adam'), got {spec!r}")
+    return spec
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """One host-device synchronisation for the whole list."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class MetaInit(L.Callback):
+    """Base callback that meta-learns the initialisation theta_0 of a LightningModule's parameters.
+
+    Task ``t`` covers optimizer steps ``[t * inner_steps, (t + 1) * inner_steps)`` (gradient accumulation counts
+    one optimizer step per window). At each task start the callback loads theta_0 into the meta-learned parameters,
+    resets buffers (see ``buffers``), clears the inner optimizer's state and rewinds its LR schedulers, so the task
+    trains exactly as a fresh run from theta_0 would. After ``meta_batch_size`` tasks it averages their
+    meta-gradients into ``theta_0.grad`` and steps the meta-optimizer. When fit ends the module holds theta_0.
+
+    Args:
+        inner_steps: optimizer steps per task. ``None`` reads it from the :class:`TaskDataModule`; a value that
+            disagrees with the data module is an error at ``setup``.
+        meta_batch_size: tasks averaged into one meta-step.
+        meta_lr: learning rate of the meta-optimizer.
+        meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
+        meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
+        include: which trainable parameters are meta-learned: a regular expression searched in the parameter
+            name, or a predicate ``(name, parameter) -> bool``; ``None`` selects all. The others (e.g. per-task
+            heads) train freely inside each task and are left alone at task starts.
+        buffers: ``"reset"``: buffers (BatchNorm statistics) return to their value at the start of meta-training at
+            every task start; ``"keep"``: they carry over from the last task that finished without diverging.
+        save_init_as_weights: checkpoints store theta_0 as the model's ``state_dict`` (so ``load_from_checkpoint``
+            returns the meta-learned init); the live weights of the running task go into the callback's state and
+            are restored on resume. Applies to full checkpoints (not ``save_weights_only``).
+    """
+
+    def __init__(
+        self,
+        inner_steps: int | None = None,
+        meta_batch_size: int = 1,
+        meta_lr: float = 0.1,
+        meta_optimizer: str | type[Optimizer] = "SGD",
+        meta_optimizer_kwargs: dict[str, Any] | None = None,
+        include: str | ParamFilter | None = None,
+        buffers: Literal["reset", "keep"] = "reset",
+        save_init_as_weights: bool = True,
+    ) -> None:
+        if inner_steps is not None and inner_steps < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        if meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        if buffers not in ("reset", "keep"):
+            raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
+        self.inner_steps = inner_steps
+        self.meta_batch_size = meta_batch_size
+        self.meta_lr = meta_lr
+        self.meta_optimizer_class = optimizer_class(meta_optimizer)
+        self.meta_optimizer_kwargs = dict(meta_optimizer_kwargs or {})
+        self.include = include
+        self.buffers = buffers
+        self.save_init_as_weights = save_init_as_weights
+
+        self.names: list[str] = []
+        self.init: list[torch.nn.Parameter] = []  # theta_0; its .grad accumulates the meta-batch's meta-gradient
+        self.meta_optimizer: Optimizer | None = None
+        self.meta_steps = 0
+        self.tasks_in_batch = 0  # tasks of the current meta-batch that have ended
+        self.tasks_kept = 0  # of those, the ones that stayed finite
+        self.active_task = -1  # position in the task stream of the task being trained
+        self._live: list[Tensor] = []
+        self._buffer_start: dict[str, Tensor] = {}
+        self._fresh_optimizer: list[list[dict[str, Any]]] = []
+        self._fresh_schedulers: list[dict[str, Any]] = []
+        self._stepped = False
+        self._pending: dict[str, Any] | None = None
+        self._suspended: list[Tensor] | None = None  # weights of a task cut short by the end of fit
+
+    # ----------------------------------------------------------------- what a rule implements
+    def on_task_start(self, live: list[Tensor]) -> None:
+        """Called after theta_0 was loaded into ``live``."""
+
+    def on_inner_step(self, trainer: L.Trainer, live: list[Tensor], grads: list[Tensor]) -> None:
+        """Called before each inner optimizer step with the parameters and their (unscaled) gradients."""
+
+    def task_meta_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> list[Tensor]:
+        """The meta-gradient of the task that just ended; the module holds theta_K."""
+        raise NotImplementedError
+
+    def rule_state(self) -> dict[str, Any]:
+        """Per-task tensors and counters of the rule that a checkpoint must carry."""
+        return {}
+
+    def load_rule_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`rule_state`."""
+
+    # ----------------------------------------------------------------- set-up
+    def _select(self, pl_module: L.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
+        include = self.include
+        if include is None:
+            chosen = lambda name, p: True  # noqa: E731
+        elif isinstance(include, str):
+            pattern = re.compile(include)
+            chosen = lambda name, p: pattern.search(name) is not None  # noqa: E731
+        else:
+            chosen = include
+        return [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad and chosen(n, p)]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        name = type(self).__name__
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"{name} hooks Lightning's automatic optimisation; {type(pl_module).__name__} uses manual "
+                "optimisation. Set `self.automatic_optimization = True` or use the MAML mixin instead."
+            )
+        if not isinstance(trainer.strategy, SingleDeviceStrategy):
+            raise MisconfigurationException(
+                f"{name} does not support the {type(trainer.strategy).__name__} strategy yet; run on a single device "
+                "(Trainer(devices=1))."
+            )
+        datamodule = trainer.datamodule
+        data_steps = datamodule.inner_steps if isinstance(datamodule, TaskDataModule) else None
+        if self.inner_steps is None and data_steps is None:
+            raise MisconfigurationException(
+                f"{name} needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule."
+            )
+        if self.inner_steps is not None and data_steps is not None and self.inner_steps != data_steps:
+            raise MisconfigurationException(
+                f"{name}(inner_steps={self.inner_steps}) disagrees with TaskDataModule(inner_steps={data_steps}): "
+                "tasks would be cut at the wrong steps. Pass the same value, or leave the callback's as None."
+            )
+        self.inner_steps = self.inner_steps or data_steps
+        selected = self._select(pl_module)
+        if not selected:
+            raise MisconfigurationException(
+                f"{name}(include={self.include!r}) matched no trainable parameter of {type(pl_module).__name__}; "
+                f"its parameters are: {[n for n, _ in pl_module.named_parameters()][:20]}"
+            )
+        self.names = [n for n, _ in selected]
+        self._live = [p for _, p in selected]
+        self.init = [torch.nn.Parameter(p.detach().clone()) for p in self._live]
+        for p in self.init:
+            p.grad = torch.zeros_like(p)
+        self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise MisconfigurationException(
+                f"{type(self).__name__} trains each task with one inner optimizer; configure_optimizers returned "
+                f"{len(trainer.optimizers)}."
+            )
+        params = dict(pl_module.named_parameters())
+        self._live = [params[n] for n in self.names]
+        device = self._live[0].device
+        for p in self.init:
+            p.data = p.data.to(device)
+            p.grad = p.grad.to(device)  # type: ignore[union-attr]
+        self._buffer_start = {n: b.to(device) for n, b in self._buffer_start.items()}
+        self.meta_optimizer = self.meta_optimizer_class(self.init, lr=self.meta_lr, **self.meta_optimizer_kwargs)
+        self._suspended = None
+        self._fresh_optimizer = [[{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups] for o in trainer.optimizers]
+        self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
+        if self._pending is not None:
+            self._apply_state(self._pending, pl_module)
+            self._pending = None
+
+    # ----------------------------------------------------------------- the loop
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        assert self.inner_steps is not None
+        task = trainer.global_step // self.inner_steps
+        if isinstance(batch, TaskBatch) and batch.task != task:
+            raise RuntimeError(
+                f"The batch belongs to task {batch.task} of the stream but optimizer step {trainer.global_step} "
+                f"with inner_steps={self.inner_steps} is in task {task}: the data and the callback disagree on "
+                "where tasks end (check inner_steps and accumulate_grad_batches)."
+            )
+        if task != self.active_task:
+            self._start_task(trainer, pl_module, task)
+
+    @torch.no_grad()
+    def _start_task(self, trainer: L.Trainer, pl_module: L.LightningModule, task: int) -> None:
+        torch._foreach_copy_(self._live, [p.detach() for p in self.init])
+        for name, buffer in pl_module.named_buffers():
+            if name in self._buffer_start:
+                buffer.copy_(self._buffer_start[name])
+        for optimizer, groups in zip(trainer.optimizers, self._fresh_optimizer):
+            optimizer.state.clear()
+            for group, fresh in zip(optimizer.param_groups, groups):
+                group.update(deepcopy(fresh))
+        for config, fresh_state in zip(trainer.lr_scheduler_configs, self._fresh_schedulers):
+            config.scheduler.load_state_dict(deepcopy(fresh_state))
+        self.active_task = task
+        self._suspended = None
+        self.on_task_start(self._live)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
+        self._stepped = True
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self._live]
+        with torch.no_grad():
+            self.on_inner_step(trainer, self._live, grads)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._stepped:  # a micro-batch inside a gradient-accumulation window
+            return
+        self._stepped = False
+        assert self.inner_steps is not None
+        pl_module.log_dict(
+            {"meta/task": float(self.active_task), "meta/step": float(self.meta_steps)},
+            prog_bar=True, on_step=True, on_epoch=False,
+        )
+        if trainer.global_step % self.inner_steps == 0:
+            self._end_task(trainer, pl_module, batch, batch_idx)
+
+    @torch.no_grad()
+    def _end_task(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        meta_gradient = self.task_meta_gradient(trainer, pl_module, batch, batch_idx)
+        self.tasks_in_batch += 1
+        if all_finite(meta_gradient):
+            torch._foreach_add_([p.grad for p in self.init], meta_gradient)  # type: ignore[misc]
+            self.tasks_kept += 1
+            if self.buffers == "keep":
+                self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
+        else:
+            rank_zero_warn(
+                f"{type(self).__name__}: task {self.active_task} diverged (non-finite loss or parameters); it is "
+                "dropped from the meta-batch and theta_0 is not affected by it."
+            )
+        if self.tasks_in_batch == self.meta_batch_size:
+            self._meta_step(pl_module)
+
+    def _meta_step(self, pl_module: L.LightningModule) -> None:
+        assert self.meta_optimizer is not None
+        grads = [p.grad for p in self.init]
+        if self.tasks_kept:
+            torch._foreach_div_(grads, float(self.tasks_kept))  # type: ignore[arg-type]
+            self.meta_optimizer.step()
+            self.meta_steps += 1
+        else:
+            rank_zero_warn(f"{type(self).__name__}: every task of the meta-batch diverged; theta_0 is unchanged.")
+        torch._foreach_zero_(grads)  # type: ignore[arg-type]
+        pl_module.log("meta/tasks_dropped", float(self.tasks_in_batch - self.tasks_kept), on_step=True, on_epoch=False)
+        self.tasks_in_batch = self.tasks_kept = 0
+
+    @torch.no_grad()
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Leave theta_0, the product of meta-training, in the module (a task cut short is kept for checkpoints)."""
+        self._suspended = [p.detach().clone() for p in self._live]
+        torch._foreach_copy_(self._live, [p.detach() for p in self.init])
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "names": self.names,
+            "init": [p.detach().clone() for p in self.init],
+            "meta_grad": [p.grad.clone() for p in self.init],  # type: ignore[union-attr]
+            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
+            "buffer_start": self._buffer_start,
+            "task_params": self._suspended or [p.detach().clone() for p in self._live],
+            "counters": {
+                "meta_steps": self.meta_steps,
+                "tasks_in_batch": self.tasks_in_batch,
+                "tasks_kept": self.tasks_kept,
+                "active_task": self.active_task,
+            },
+            "rule": self.rule_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["names"] != self.names:
+            raise MisconfigurationException(
+                f"{type(self).__name__}: the checkpoint meta-learns {len(state_dict['names'])} tensors that differ "
+                f"from the {len(self.names)} selected now (include={self.include!r}); resume with the same model "
+                "and include filter."
+            )
+        self._pending = state_dict
+
+    @torch.no_grad()
+    def _apply_state(self, state: dict[str, Any], pl_module: L.LightningModule) -> None:
+        assert self.meta_optimizer is not None
+        torch._foreach_copy_([p.data for p in self.init], state["init"])
+        torch._foreach_copy_([p.grad for p in self.init], state["meta_grad"])  # type: ignore[misc]
+        torch._foreach_copy_(self._live, state["task_params"])
+        if state["meta_optimizer"] is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        device = self._live[0].device
+        self._buffer_start = {n: b.to(device) for n, b in state["buffer_start"].items()}
+        counters = state["counters"]
+        self.meta_steps = counters["meta_steps"]
+        self.tasks_in_batch = counters["tasks_in_batch"]
+        self.tasks_kept = counters["tasks_kept"]
+        self.active_task = counters["active_task"]
+        self.load_rule_state(state["rule"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not self.save_init_as_weights:
+            return
+        init_of = {id(live): init for live, init in zip(self._live, self.init)}
+        state = checkpoint["state_dict"]
+        for name, tensor in pl_module.state_dict(keep_vars=True).items():
+            if id(tensor) in init_of and name in state:
+                state[name] = init_of[id(tensor)].detach().clone()

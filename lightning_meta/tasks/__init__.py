@@ -1,0 +1,7 @@
+"""Task families and the data module that streams their tasks."""
+
+from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
+from lightning_meta.tasks.stream import TaskBatch
+
+__all__ = ["ImageTensorDataset", "Task", "TaskBatch", "TaskDataModule", "TaskFamily"]

@@ -1,0 +1,124 @@
+"""``TaskDataModule``: streams ``inner_steps`` optimizer steps of one task, then the next task.
+
+Example:
+    >>> from lightning_meta.tasks import TaskDataModule
+    >>> from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
+    >>> import torch
+    >>> class Toy(TaskFamily):
+    ...     def tasks(self, split):
+    ...         data = ImageTensorDataset(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.arange(8) % 2)
+    ...         return [Task(f"{split}-{i}", data, data, 2) for i in range(3)]
+    >>> data = TaskDataModule(Toy(), inner_steps=2, batch_size=4, tasks_per_epoch=3)
+    >>> data.setup("fit")
+    >>> [(batch.task, batch.inputs.shape[0]) for batch in data.train_dataloader()]
+    [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from lightning_meta.tasks.family import Split, Task, TaskFamily
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+
+
+def random_affine() -> Callable[[Tensor], Tensor]:
+    """The Leap paper's Omniglot augmentation: rotation, translation 0.2, scale 0.8-1.2."""
+    return v2.RandomAffine(degrees=15.0, translate=(0.2, 0.2), scale=(0.8, 1.2))
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Streams the meta-training tasks of a :class:`~lightning_meta.tasks.TaskFamily`, one task at a time.
+
+    Each task lasts ``inner_steps`` optimizer steps (``inner_steps x accumulate_grad_batches`` batches); the task
+    order and the samples are a pure function of ``seed`` and the position in the stream, so runs are reproducible,
+    DataLoader workers change nothing and a resumed run continues at the exact batch it stopped at. Batches are
+    :class:`~lightning_meta.tasks.stream.TaskBatch` objects: ``x, y = batch`` as usual, plus ``batch.task``.
+
+    Args:
+        family: the task family (default: :class:`~lightning_meta.tasks.GlyphAlphabets`, the embedded glyphs).
+        inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
+        batch_size: samples per batch.
+        tasks_per_epoch: tasks in one Lightning epoch (epochs only matter for epoch-level hooks and logging).
+        augment: apply the Leap paper's random affine augmentation to training images.
+        num_workers: DataLoader worker processes.
+        seed: seed of the task order, the batches and the augmentation.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily | None = None,
+        inner_steps: int = 100,
+        batch_size: int = 20,
+        tasks_per_epoch: int = 10,
+        augment: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("inner_steps", inner_steps), ("batch_size", batch_size), ("tasks_per_epoch", tasks_per_epoch)):
+            if value < 1:
+                raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
+        if family is None:
+            from lightning_meta.tasks.glyphs import GlyphAlphabets
+
+            family = GlyphAlphabets()
+        self.family = family
+        self.inner_steps = inner_steps
+        self.batch_size = batch_size
+        self.tasks_per_epoch = tasks_per_epoch
+        self.augment = augment
+        self.num_workers = num_workers
+        self.seed = seed
+        self._train_tasks: list[Task] | None = None
+
+    def prepare_data(self) -> None:
+        self.family.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        if self._train_tasks is None:
+            self._train_tasks = self.family.tasks("train")
+            if not self._train_tasks:
+                raise ValueError(f"{type(self.family).__name__} has no meta-training tasks")
+
+    def tasks(self, split: Split) -> list[Task]:
+        """The family's tasks of a split (meta-evaluation callbacks use ``"val"`` and ``"test"``)."""
+        return self.family.tasks(split)
+
+    def _accumulation(self) -> int:
+        trainer = self.trainer
+        return 1 if trainer is None else trainer.accumulate_grad_batches
+
+    def _consumed_batches(self) -> int:
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+
+    def batch_sampler(self) -> TaskBatchSampler:
+        """The sampler of the training stream; ``task_index(n)`` says which task the n-th task of the stream is."""
+        self.setup("fit")
+        assert self._train_tasks is not None
+        return TaskBatchSampler(
+            [len(task.train) for task in self._train_tasks],
+            batch_size=self.batch_size,
+            batches_per_task=self.inner_steps * self._accumulation(),
+            tasks_per_epoch=self.tasks_per_epoch,
+            seed=self.seed,
+            position=self._consumed_batches,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self._train_tasks is not None
+        dataset = TaskStreamDataset(self._train_tasks, random_affine() if self.augment else None)
+        return DataLoader(
+            dataset,
+            batch_sampler=self.batch_sampler(),
+            collate_fn=collate_task_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

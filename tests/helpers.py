@@ -1,0 +1,70 @@
+"""Small models and task families for the tests: fast on CPU, independent of the embedded glyph data."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_meta.tasks import ImageTensorDataset, Task, TaskFamily
+
+
+class ToyFamily(TaskFamily):
+    """Tasks of 4x4 grey images labelled by a random linear teacher of each task: learnable and cheap."""
+
+    def __init__(self, num_tasks: int = 6, samples: int = 60, classes: int = 3, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self._tasks: list[Task] = []
+        for index in range(num_tasks):
+            images = torch.randint(0, 256, (samples, 1, 4, 4), generator=generator, dtype=torch.uint8)
+            teacher = torch.randn(16, classes, generator=generator)
+            labels = (images.float().flatten(1) / 255 - 0.5).matmul(teacher).argmax(1)
+            data = ImageTensorDataset(images, labels)
+            self._tasks.append(Task(f"toy-{index}", data, data, classes))
+
+    def tasks(self, split):
+        self._check_split(split)
+        n = len(self._tasks)
+        return {"train": self._tasks[: n - 2], "val": self._tasks[n - 2 : n - 1], "test": self._tasks[n - 1 :]}[split]
+
+
+class TinyClassifier(L.LightningModule):
+    """An ordinary LightningModule: ``x, y = batch``, cross-entropy, one optimizer; knows nothing of meta-learning."""
+
+    def __init__(self, lr: float = 0.5, optimizer: str = "sgd", batch_norm: bool = False, classes: int = 3) -> None:
+        super().__init__()
+        self.lr = lr
+        self.optimizer = optimizer
+        layers: list[nn.Module] = [nn.Flatten(), nn.Linear(16, 8)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(8))
+        layers += [nn.Tanh(), nn.Linear(8, classes)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:
+    kwargs.setdefault("logger", False)
+    kwargs.setdefault("enable_checkpointing", False)
+    return L.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, **kwargs,
+    )
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
