@@ -32,10 +32,13 @@ class ToyFamily(TaskFamily):
 class TinyClassifier(L.LightningModule):
     """An ordinary LightningModule: ``x, y = batch``, cross-entropy, one optimizer; knows nothing of meta-learning."""
 
-    def __init__(self, lr: float = 0.5, optimizer: str = "sgd", batch_norm: bool = False, classes: int = 3) -> None:
+    def __init__(
+        self, lr: float = 0.5, optimizer: str = "sgd", batch_norm: bool = False, classes: int = 3, step_lr: bool = False
+    ) -> None:
         super().__init__()
         self.lr = lr
         self.optimizer = optimizer
+        self.step_lr = step_lr
         layers: list[nn.Module] = [nn.Flatten(), nn.Linear(16, 8)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(8))
@@ -52,9 +55,12 @@ class TinyClassifier(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        if self.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.lr)
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+        cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+        optimizer = cls(self.parameters(), lr=self.lr)
+        if not self.step_lr:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:

@@ -15,8 +15,12 @@ from lightning_meta.tasks import TaskDataModule
 K = 4  # inner steps
 
 
-def reference_leap(model, batches, lr, p, use_loss, stabilizer):
-    """Train a copy with plain SGD, record (theta_i, f_i, g_i), return the formula's meta-gradient (float64)."""
+def reference_leap(model, batches, lr, p, use_loss, stabilizer, final_batch=None):
+    """Train a copy with plain SGD, record (theta_i, f_i, g_i), return the formula's meta-gradient (float64).
+
+    f_K is the loss at theta_K on ``final_batch`` (default: the last batch).
+    """
+    final_x, final_y = final_batch or batches[-1]
     model = copy.deepcopy(model).double()
     params = list(model.parameters())
     points, losses, grads = [], [], []
@@ -31,7 +35,7 @@ def reference_leap(model, batches, lr, p, use_loss, stabilizer):
                 param -= lr * g
     points.append(flat(params).clone())
     with torch.no_grad():
-        losses.append(F.cross_entropy(model(batches[-1][0].double()), batches[-1][1]).item())
+        losses.append(F.cross_entropy(model(final_x.double()), final_y).item())
     total = torch.zeros_like(points[0])
     for i in range(len(batches)):
         d_theta = points[i + 1] - points[i]

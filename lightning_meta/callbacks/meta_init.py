@@ -185,11 +185,6 @@ class MetaInit(L.Callback):
         self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise MisconfigurationException(
-                f"{type(self).__name__} trains each task with one inner optimizer; configure_optimizers returned "
-                f"{len(trainer.optimizers)}."
-            )
         params = dict(pl_module.named_parameters())
         self._live = [params[n] for n in self.names]
         device = self._live[0].device
