@@ -1,7 +1,8 @@
 """Trajectory meta-learners as Lightning callbacks."""
 
 from lightning_meta.callbacks.leap import Leap
+from lightning_meta.callbacks.meta_evaluation import MetaEvaluation
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.reptile import Reptile
 
-__all__ = ["Leap", "MetaInit", "Reptile"]
+__all__ = ["Leap", "MetaEvaluation", "MetaInit", "Reptile"]

@@ -30,27 +30,19 @@ import torch
 from torch import Tensor
 
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.utils import muted_logging, training_loss
 
 
 @contextmanager
 def _side_effect_free(pl_module: L.LightningModule) -> Iterator[None]:
     """Run ``training_step`` again without logging and without touching buffers (BatchNorm statistics)."""
     buffers = [(b, b.detach().clone()) for b in pl_module.buffers()]
-    pl_module.log = pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
-        yield
+        with muted_logging(pl_module):
+            yield
     finally:
-        del pl_module.log, pl_module.log_dict
         for buffer, saved in buffers:
             buffer.copy_(saved)
-
-
-def training_loss(output: Any) -> Tensor:
-    """The loss in what ``training_step`` returned: a tensor or a mapping with ``"loss"``."""
-    loss = output["loss"] if isinstance(output, dict) else output
-    if not isinstance(loss, Tensor):
-        raise TypeError(f"training_step must return a loss tensor or a dict with 'loss', got {type(output).__name__}")
-    return loss.detach().float()
 
 
 class Leap(MetaInit):
@@ -148,7 +140,7 @@ class Leap(MetaInit):
         final_loss = torch.zeros((), device=self.init[0].device)
         if self.loss:
             with trainer.precision_plugin.train_step_context(), _side_effect_free(pl_module):
-                final_loss = training_loss(pl_module.training_step(batch, batch_idx))
+                final_loss = training_loss(pl_module.training_step(batch, batch_idx)).detach().float()
         self._add_segment(self._live, final_loss)
         pl_module.log("leap/path_length", self._path_length, on_step=True, on_epoch=False)  # type: ignore[arg-type]
         torch._foreach_neg_(self._accumulator)

@@ -108,6 +108,7 @@ class MetaInit(L.Callback):
         self.tasks_kept = 0  # of those, the ones that stayed finite
         self.active_task = -1  # position in the task stream of the task being trained
         self._live: list[Tensor] = []
+        self._live_buffers: dict[str, Tensor] = {}
         self._buffer_start: dict[str, Tensor] = {}
         self._fresh_optimizer: list[list[dict[str, Any]]] = []
         self._fresh_schedulers: list[dict[str, Any]] = []
@@ -187,6 +188,7 @@ class MetaInit(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = dict(pl_module.named_parameters())
         self._live = [params[n] for n in self.names]
+        self._live_buffers = dict(pl_module.named_buffers())
         device = self._live[0].device
         for p in self.init:
             p.data = p.data.to(device)
@@ -213,12 +215,15 @@ class MetaInit(L.Callback):
         if task != self.active_task:
             self._start_task(trainer, pl_module, task)
 
-    @torch.no_grad()
-    def _start_task(self, trainer: L.Trainer, pl_module: L.LightningModule, task: int) -> None:
+    def _load_init(self, pl_module: L.LightningModule) -> None:
         torch._foreach_copy_(self._live, [p.detach() for p in self.init])
         for name, buffer in pl_module.named_buffers():
             if name in self._buffer_start:
                 buffer.copy_(self._buffer_start[name])
+
+    @torch.no_grad()
+    def _start_task(self, trainer: L.Trainer, pl_module: L.LightningModule, task: int) -> None:
+        self._load_init(pl_module)
         for optimizer, groups in zip(trainer.optimizers, self._fresh_optimizer):
             optimizer.state.clear()
             for group, fresh in zip(optimizer.param_groups, groups):
@@ -281,9 +286,12 @@ class MetaInit(L.Callback):
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave theta_0, the product of meta-training, in the module (a task cut short is kept for checkpoints)."""
+        """Leave theta_0 and its buffers, the product of meta-training, in the module.
+
+        The weights of a task cut short by the end of fit are kept for checkpoints saved after this point.
+        """
         self._suspended = [p.detach().clone() for p in self._live]
-        torch._foreach_copy_(self._live, [p.detach() for p in self.init])
+        self._load_init(pl_module)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -294,6 +302,7 @@ class MetaInit(L.Callback):
             "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
             "buffer_start": self._buffer_start,
             "task_params": self._suspended or [p.detach().clone() for p in self._live],
+            "task_buffers": {n: b.detach().clone() for n, b in self._live_buffers.items()},
             "counters": {
                 "meta_steps": self.meta_steps,
                 "tasks_in_batch": self.tasks_in_batch,
@@ -318,6 +327,8 @@ class MetaInit(L.Callback):
         torch._foreach_copy_([p.data for p in self.init], state["init"])
         torch._foreach_copy_([p.grad for p in self.init], state["meta_grad"])  # type: ignore[misc]
         torch._foreach_copy_(self._live, state["task_params"])
+        for name, buffer in state["task_buffers"].items():
+            self._live_buffers[name].copy_(buffer)
         if state["meta_optimizer"] is not None:
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         device = self._live[0].device
@@ -329,11 +340,17 @@ class MetaInit(L.Callback):
         self.active_task = counters["active_task"]
         self.load_rule_state(state["rule"])
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if not self.save_init_as_weights:
-            return
+    def init_state_dict(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        """The module's ``state_dict`` with theta_0 and the buffers a task starts with in place of the live ones."""
         init_of = {id(live): init for live, init in zip(self._live, self.init)}
-        state = checkpoint["state_dict"]
+        state = {}
         for name, tensor in pl_module.state_dict(keep_vars=True).items():
-            if id(tensor) in init_of and name in state:
-                state[name] = init_of[id(tensor)].detach().clone()
+            start = init_of.get(id(tensor), self._buffer_start.get(name, tensor))
+            state[name] = start.detach().clone()
+        return state
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.save_init_as_weights:
+            checkpoint["state_dict"].update(
+                (name, tensor) for name, tensor in self.init_state_dict(pl_module).items() if name in checkpoint["state_dict"]
+            )

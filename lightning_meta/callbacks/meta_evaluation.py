@@ -1,0 +1,229 @@
+"""``MetaEvaluation``: how fast does a model learn held-out tasks from the current meta-learned init?
+
+Every ``every_n_meta_steps`` meta-steps and at the end of fit, a copy of the module starts from theta_0 (read from
+the :class:`~lightning_meta.callbacks.MetaInit` callback of the Trainer, or the module's own weights when there is
+none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` and
+``training_step``. It records the training loss and error of every step and the final accuracy on the task's
+held-out images, logs their means and learning-curve AUCs, and draws the mean curves next to those of the weights
+the run started from. The training run itself is left untouched: weights, meta-state and RNG streams.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning_meta import Leap, MetaEvaluation
+    >>> callbacks = [Leap(meta_batch_size=5), MetaEvaluation(split="test", every_n_meta_steps=10)]
+    >>> trainer = L.Trainer(callbacks=callbacks, max_steps=1000, logger=False, enable_checkpointing=False)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.core.optimizer import _configure_optimizers
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.metrics import curve_auc
+from lightning_meta.plotting import plot_learning_curves
+from lightning_meta.tasks.family import Split, Task
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.utils import muted_logging, training_loss
+
+
+@dataclass
+class HeldOutCurves:
+    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]``, ``test_accuracy`` ``[tasks]``."""
+
+    loss: Tensor
+    error: Tensor
+    test_accuracy: Tensor
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "train_loss_auc": float(curve_auc(self.loss).mean()),
+            "train_error_auc": float(curve_auc(self.error).mean()),
+            "final_train_loss": float(self.loss[:, -1].mean()),
+            "test_accuracy": float(self.test_accuracy.mean()),
+        }
+
+
+class _LogitsHook:
+    """Keeps the output of the module's last forward call, to score predictions without a second forward pass."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.logits: Tensor | None = None
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.logits = output if isinstance(output, Tensor) else None
+
+
+def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, Any]:
+    optimizers, schedulers, _ = _configure_optimizers(model.configure_optimizers())
+    if len(optimizers) != 1:
+        raise MisconfigurationException("MetaEvaluation trains held-out tasks with one optimizer")
+    per_step = [config.scheduler for config in schedulers if config.interval == "step"]
+    return optimizers[0], per_step
+
+
+@torch.inference_mode(False)
+@torch.enable_grad()
+def adapt(
+    pl_module: L.LightningModule, state: dict[str, Tensor], tasks: list[Task], inner_steps: int, batch_size: int, seed: int
+) -> HeldOutCurves:
+    """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched."""
+    device = pl_module.device
+    model = copy.deepcopy(pl_module)
+    hook = _LogitsHook(model)
+    losses, errors, accuracies = [], [], []
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), muted_logging(model):
+        for index, task in enumerate(tasks):
+            torch.manual_seed(seed + index)
+            model.load_state_dict(state)
+            model.train()
+            optimizer, schedulers = _fresh_optimizer(model)
+            sampler = TaskBatchSampler([len(task.train)], batch_size, inner_steps, 1, seed=seed + index)
+            loader = DataLoader(TaskStreamDataset([task]), batch_sampler=sampler, collate_fn=collate_task_batch)
+            task_losses, task_errors = [], []
+            for step, batch in enumerate(loader):
+                x, y = batch.inputs.to(device), batch.targets.to(device)
+                loss = training_loss(model.training_step((x, y), step))
+                task_losses.append(loss.detach())
+                logits = hook.logits
+                wrong = (logits.argmax(-1) != y).float().mean() if logits is not None else torch.tensor(float("nan"))
+                task_errors.append(wrong.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                for scheduler in schedulers:
+                    scheduler.step()
+            losses.append(torch.stack(task_losses))
+            errors.append(torch.stack(task_errors))
+            accuracies.append(_accuracy(model, task, device))
+    hook.handle.remove()
+    return HeldOutCurves(torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu(), torch.stack(accuracies).cpu())
+
+
+@torch.no_grad()
+def _accuracy(model: L.LightningModule, task: Task, device: torch.device) -> Tensor:
+    model.eval()
+    loader = DataLoader(task.test, batch_size=256)
+    correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
+    return torch.tensor(correct / len(task.test))
+
+
+class MetaEvaluation(L.Callback):
+    """Learning curves on held-out tasks from the current meta-learned init, logged and plotted.
+
+    Args:
+        split: which tasks of the family to evaluate on (``"val"`` or ``"test"``).
+        every_n_meta_steps: evaluate after every n-th meta-step (0: only at the end of fit).
+        inner_steps: steps per held-out task (default: the data module's ``inner_steps``).
+        batch_size: batch size on held-out tasks (default: the data module's).
+        max_tasks: evaluate on at most this many tasks of the split.
+        seed: seed of the held-out batches (the same for every evaluation, so curves are comparable).
+        baseline: also evaluate the weights the run started from, once, as the reference curve.
+        plot_path: where to write the PNG (default: ``<log_dir>/meta_evaluation_<split>.png``).
+    """
+
+    def __init__(
+        self,
+        split: Literal["val", "test"] = "test",
+        every_n_meta_steps: int = 0,
+        inner_steps: int | None = None,
+        batch_size: int | None = None,
+        max_tasks: int | None = None,
+        seed: int = 0,
+        baseline: bool = True,
+        plot_path: str | None = None,
+    ) -> None:
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        self.split: Split = split
+        self.every_n_meta_steps = every_n_meta_steps
+        self.inner_steps = inner_steps
+        self.batch_size = batch_size
+        self.max_tasks = max_tasks
+        self.seed = seed
+        self.baseline = baseline
+        self.plot_path = plot_path
+        self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
+        self.initial: HeldOutCurves | None = None
+        self._initial_state: dict[str, Tensor] | None = None
+        self._tasks: list[Task] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "tasks"):
+            raise MisconfigurationException("MetaEvaluation reads held-out tasks from a TaskDataModule (datamodule=...)")
+        self._tasks = datamodule.tasks(self.split)[: self.max_tasks]
+        if not self._tasks:
+            raise MisconfigurationException(f"the task family has no {self.split!r} tasks to evaluate on")
+        self.inner_steps = self.inner_steps or datamodule.inner_steps
+        self.batch_size = self.batch_size or datamodule.batch_size
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.baseline and self._initial_state is None:
+            self._initial_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def _meta(self, trainer: L.Trainer) -> MetaInit | None:
+        return next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+
+    def _meta_step(self, trainer: L.Trainer) -> int:
+        meta = self._meta(trainer)
+        return meta.meta_steps if meta is not None else trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = self._meta_step(trainer)
+        due = self.every_n_meta_steps and step and step % self.every_n_meta_steps == 0
+        if due and (not self.history or self.history[-1][0] != step):
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.history or self.history[-1][0] != self._meta_step(trainer):
+            self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero:
+            self.plot(trainer)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> HeldOutCurves:
+        """Evaluate theta_0 now; log the summary to the Trainer's loggers and keep the curves in ``history``."""
+        assert self.inner_steps is not None and self.batch_size is not None
+        meta = self._meta(trainer)
+        state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
+        run = lambda weights: adapt(pl_module, weights, self._tasks, self.inner_steps, self.batch_size, self.seed)  # noqa: E731
+        if self.initial is None and self._initial_state is not None:
+            self.initial = run(self._initial_state)
+            self._log(trainer, "initial", self.initial)
+        step = self._meta_step(trainer)
+        rank_zero_info(f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}")
+        curves = run(state)
+        self.history.append((step, curves))
+        self._log(trainer, "meta_init", curves)
+        return curves
+
+    def _log(self, trainer: L.Trainer, name: str, curves: HeldOutCurves) -> None:
+        metrics = {f"meta_eval/{self.split}/{name}/{key}": value for key, value in curves.summary().items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def plot(self, trainer: L.Trainer) -> Path:
+        """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
+        curves = {f"meta-learned init (meta-step {step})": c for step, c in self.history[-3:]}
+        if self.initial is not None:
+            curves = {"initial weights": self.initial, **curves}
+        path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
+        title = f"{len(self._tasks)} held-out {self.split} tasks"
+        plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=f"meta_eval/{self.split}/learning_curves", images=[str(path)])
+        rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
+        return path

@@ -1,0 +1,66 @@
+"""MetaEvaluation: curves that match a direct computation, and a training run it leaves untouched."""
+
+import csv
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from helpers import TinyClassifier, ToyFamily, flat, make_trainer
+from lightning_meta import Leap, MetaEvaluation
+from lightning_meta.metrics import curve_auc
+from lightning_meta.tasks import TaskDataModule
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+
+K = 5
+
+
+def toy_data():
+    return TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=2)
+
+
+def test_training_is_identical_with_and_without_evaluation():
+    results = []
+    for callbacks in ([Leap(meta_batch_size=2)], [Leap(meta_batch_size=2), MetaEvaluation(every_n_meta_steps=1)]):
+        torch.manual_seed(0)
+        model = TinyClassifier()
+        make_trainer(callbacks, max_steps=6 * K).fit(model, datamodule=toy_data())
+        results.append((flat(model.parameters()), torch.rand(3)))
+    assert torch.equal(results[0][0], results[1][0])  # same theta_0
+    assert torch.equal(results[0][1], results[1][1])  # same global RNG stream afterwards
+
+
+def test_curves_with_zero_learning_rate_are_the_init_losses_on_each_batch():
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0)
+    evaluation = MetaEvaluation(split="test", baseline=False, seed=7)
+    make_trainer([Leap(meta_batch_size=1), evaluation], max_steps=K).fit(model, datamodule=toy_data())
+    (step, curves), = evaluation.history
+    task = ToyFamily().tasks("test")[0]
+    sampler = TaskBatchSampler([len(task.train)], 8, K, 1, seed=7)
+    dataset = TaskStreamDataset([task])
+    expected_loss, expected_error = [], []
+    with torch.no_grad():
+        for keys in sampler:
+            batch = collate_task_batch([dataset[key] for key in keys])
+            logits = model(batch.inputs)  # lr 0: theta_0 never moved and the module holds it after fit
+            expected_loss.append(F.cross_entropy(logits, batch.targets))
+            expected_error.append((logits.argmax(1) != batch.targets).float().mean())
+        accuracy = (model(task.test.images.float() / 255).argmax(1) == task.test.labels).float().mean()
+    assert step == 1 and curves.loss.shape == (1, K)
+    torch.testing.assert_close(curves.loss[0], torch.stack(expected_loss))
+    torch.testing.assert_close(curves.error[0], torch.stack(expected_error))
+    torch.testing.assert_close(curves.test_accuracy[0], accuracy)
+
+
+def test_logs_summaries_and_writes_the_figure(tmp_path):
+    torch.manual_seed(0)
+    evaluation = MetaEvaluation(every_n_meta_steps=2)
+    logger = CSVLogger(tmp_path)
+    make_trainer([Leap(meta_batch_size=2), evaluation], max_steps=4 * K, logger=logger).fit(TinyClassifier(), datamodule=toy_data())
+    assert [step for step, _ in evaluation.history] == [2]
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    logged = [float(r["meta_eval/test/meta_init/train_loss_auc"]) for r in rows if r.get("meta_eval/test/meta_init/train_loss_auc")]
+    assert logged == [float(curve_auc(evaluation.history[0][1].loss).mean())]
+    assert any(r.get("meta_eval/test/initial/test_accuracy") for r in rows)
+    assert (tmp_path / "lightning_logs" / "version_0" / "meta_evaluation_test.png").stat().st_size > 10_000
