@@ -27,7 +27,7 @@ class TaskEndProbe(L.Callback):
     """Placed after the meta-learner: records the optimizer state at task starts and the weights at task ends."""
 
     def __init__(self, steps):
-        self.steps, self.start_states, self.ends, self.start_buffers = steps, [], [], []
+        self.steps, self.start_states, self.ends, self.start_buffers, self.end_buffers = steps, [], [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step % self.steps == 0:
@@ -37,6 +37,7 @@ class TaskEndProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % self.steps == 0:
             self.ends.append(flat(pl_module.parameters()))
+            self.end_buffers.append([b.clone() for b in pl_module.buffers()])
 
 
 def plain_adam_with_step_lr(model, batches, lr):
@@ -77,7 +78,9 @@ def test_buffers_reset_at_every_task_start_by_default():
     for buffers in probe.start_buffers:
         for buffer, start in zip(buffers, initial):
             assert torch.equal(buffer, start)
-    assert not torch.equal(next(model.buffers()), initial[0])  # training did move them
+    assert not torch.equal(probe.end_buffers[0][0], initial[0])  # training did move them
+    for buffer, start in zip(model.buffers(), initial):  # and fit ends with theta_0's buffers in the module
+        assert torch.equal(buffer, start)
 
 
 def test_include_filter_meta_learns_only_the_matching_tensors():

@@ -237,7 +237,7 @@ class GlyphAlphabets(AlphabetFamily):
         stamp = _stamp(self.seed)
         if self.path.exists():
             cached = torch.load(self.path, weights_only=True)
-            if cached["stamp"] == stamp:
+            if cached.get("stamp") == stamp:
                 return cached["alphabets"]
         alphabets = build_alphabets(self.seed)
         self.root.mkdir(parents=True, exist_ok=True)
