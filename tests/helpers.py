@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,7 @@ class TinyClassifier(L.LightningModule):
 
 def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:
     kwargs.setdefault("logger", False)
+    kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="lightning-meta-test-"))
     kwargs.setdefault("enable_checkpointing", False)
     return L.Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks,
