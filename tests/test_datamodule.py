@@ -3,9 +3,9 @@
 import itertools
 
 import torch
+from helpers import ToyFamily
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from helpers import ToyFamily
 from lightning_meta.tasks import TaskBatch, TaskDataModule
 from lightning_meta.tasks.stream import TaskBatchSampler
 

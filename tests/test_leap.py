@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
+
 from lightning_meta import Leap, Reptile
 from lightning_meta.tasks import TaskDataModule
 

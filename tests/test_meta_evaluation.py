@@ -4,9 +4,9 @@ import csv
 
 import torch
 import torch.nn.functional as F
+from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.metrics import curve_auc
 from lightning_meta.tasks import TaskDataModule

@@ -1,16 +1,15 @@
 """Behaviour of the MetaInit machinery shared by Leap and Reptile, checked against plain loops and invariants."""
 
 import gc
-import itertools
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning_meta import Leap, Reptile
 from lightning_meta.tasks import TaskBatch, TaskDataModule
 

@@ -116,9 +116,14 @@ class Leap(MetaInit):
         self._previous_loss = loss
 
     def _add_segment(self, point: list[Tensor], point_loss: Tensor) -> None:
-        """Add the increment of the segment from the previous point to ``point``."""
+        """Add the increment of the segment from the previous point to ``point``.
+
+        Works in place: ``_previous`` becomes the step dtheta and is spent; the caller overwrites it next.
+        """
         assert self._previous_loss is not None and self._path_length is not None
-        step = torch._foreach_sub(point, self._previous)
+        step = self._previous
+        torch._foreach_neg_(step)
+        torch._foreach_add_(step, point)
         squared = torch.stack(torch._foreach_norm(step)).square().sum()
         if self.loss:
             d_loss = point_loss - self._previous_loss

@@ -214,6 +214,9 @@ class MetaInit(L.Callback):
             )
         if task != self.active_task:
             self._start_task(trainer, pl_module, task)
+            pl_module.log_dict(  # once per task: a log call costs about as much as Leap's whole per-step update
+                {"meta/task": float(task), "meta/step": float(self.meta_steps)}, prog_bar=True, on_step=True, on_epoch=False
+            )
 
     def _load_init(self, pl_module: L.LightningModule) -> None:
         torch._foreach_copy_(self._live, [p.detach() for p in self.init])
@@ -247,10 +250,6 @@ class MetaInit(L.Callback):
             return
         self._stepped = False
         assert self.inner_steps is not None
-        pl_module.log_dict(
-            {"meta/task": float(self.active_task), "meta/step": float(self.meta_steps)},
-            prog_bar=True, on_step=True, on_epoch=False,
-        )
         if trainer.global_step % self.inner_steps == 0:
             self._end_task(trainer, pl_module, batch, batch_idx)
 

@@ -3,6 +3,7 @@
 from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
+from lightning_meta.tasks.omniglot import Omniglot
 from lightning_meta.tasks.stream import TaskBatch
 
-__all__ = ["GlyphAlphabets", "ImageTensorDataset", "Task", "TaskBatch", "TaskDataModule", "TaskFamily"]
+__all__ = ["GlyphAlphabets", "ImageTensorDataset", "Omniglot", "Task", "TaskBatch", "TaskDataModule", "TaskFamily"]

@@ -1,0 +1,105 @@
+"""``Omniglot``: the real Omniglot alphabets as 20-way tasks, following the Leap paper's protocol.
+
+Both Omniglot sets (``images_background`` and ``images_evaluation``) are pooled; every alphabet with at least 20
+characters is a task, split by the seed into 10 meta-test alphabets, ``num_val`` meta-validation alphabets and
+meta-training alphabets (all the others, or the first ``num_train``).
+
+Example (needs the data, hence skipped):
+    >>> from lightning_meta.tasks.omniglot import Omniglot
+    >>> family = Omniglot("data", download=True, num_train=10)  # doctest: +SKIP
+    >>> task = family.tasks("train")[0]  # doctest: +SKIP
+    >>> len(task.train), len(task.test), task.num_classes  # doctest: +SKIP
+    (300, 100, 20)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from lightning_meta.tasks.alphabets import DRAWERS, AlphabetFamily
+
+SETS = ("images_background", "images_evaluation")
+MIN_CHARACTERS = 20
+SIZE = 28
+
+
+class Omniglot(AlphabetFamily):
+    """Omniglot (Lake et al., 2015) through torchvision's on-disk format, resized to ``28x28``, strokes bright on black.
+
+    Images are read once and kept in memory as ``uint8``.
+
+    Args:
+        root: Folder holding (or to receive) torchvision's ``omniglot-py`` folder.
+        download: Download both sets with torchvision if missing (needs internet).
+        seed: Seeds the characters kept per task and the split of alphabets.
+        ways: Characters (classes) per task, at most 20.
+        test_per_class: Held-out drawers per character; the other ``20 - test_per_class`` are for training.
+        num_train: Meta-training alphabets; default all that are not in val or test.
+        num_val: Meta-validation alphabets.
+        num_test: Meta-test alphabets.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        download: bool = False,
+        seed: int = 0,
+        ways: int = 20,
+        test_per_class: int = 5,
+        num_train: int | None = None,
+        num_val: int = 5,
+        num_test: int = 10,
+    ) -> None:
+        super().__init__(seed, ways, test_per_class, num_train, num_val, num_test)
+        self.root = Path(root)
+        self.download = download
+
+    @property
+    def folder(self) -> Path:
+        """torchvision's ``omniglot-py`` folder."""
+        return self.root / torchvision.datasets.Omniglot.folder
+
+    def load_alphabets(self) -> dict[str, Tensor]:
+        if self.download:
+            for background in (True, False):
+                torchvision.datasets.Omniglot(str(self.root), background=background, download=True)
+        missing = [name for name in SETS if not (self.folder / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"Omniglot not found: missing {', '.join(str(self.folder / name) for name in missing)}. Expected "
+                f"{self.folder}/<set>/<alphabet>/<character>/<image>.png for <set> in {SETS}, as torchvision "
+                "extracts it. Pass download=True on a machine with internet access, or copy an extracted "
+                f"'omniglot-py' folder into {self.root}."
+            )
+        alphabets: dict[str, Tensor] = {}
+        for name in SETS:
+            for alphabet in sorted(path for path in (self.folder / name).iterdir() if path.is_dir()):
+                characters = sorted(path for path in alphabet.iterdir() if path.is_dir())
+                if len(characters) < MIN_CHARACTERS:
+                    continue
+                if alphabet.name in alphabets:
+                    raise RuntimeError(f"alphabet {alphabet.name!r} appears in both Omniglot sets")
+                alphabets[alphabet.name] = torch.stack([_load_character(character) for character in characters])
+        if not alphabets:
+            raise FileNotFoundError(f"no alphabet with at least {MIN_CHARACTERS} characters under {self.folder}")
+        return alphabets
+
+
+def _load_character(folder: Path) -> Tensor:
+    """The 20 drawings of one character as ``uint8 [20, 28, 28]``, inverted to bright strokes on black."""
+    paths = sorted(folder.glob("*.png"))
+    if len(paths) != DRAWERS:
+        raise RuntimeError(f"expected {DRAWERS} drawings in {folder}, found {len(paths)}")
+    return torch.from_numpy(np.stack([_load_image(path) for path in paths]))
+
+
+def _load_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        inverted = ImageOps.invert(image.convert("L"))
+    return np.asarray(inverted.resize((SIZE, SIZE), Image.Resampling.LANCZOS))
