@@ -46,7 +46,7 @@ def test_curves_with_zero_learning_rate_are_the_init_losses_on_each_batch():
             logits = model(batch.inputs)  # lr 0: theta_0 never moved and the module holds it after fit
             expected_loss.append(F.cross_entropy(logits, batch.targets))
             expected_error.append((logits.argmax(1) != batch.targets).float().mean())
-        accuracy = (model(task.test.images.float() / 255).argmax(1) == task.test.labels).float().mean()
+        accuracy = (model(task.test.images.float() / 255).argmax(1) == task.test.labels).float().mean()  # no BatchNorm
     assert step == 1 and curves.loss.shape == (1, K)
     torch.testing.assert_close(curves.loss[0], torch.stack(expected_loss))
     torch.testing.assert_close(curves.error[0], torch.stack(expected_error))
@@ -64,3 +64,25 @@ def test_logs_summaries_and_writes_the_figure(tmp_path):
     assert logged == [float(curve_auc(evaluation.history[0][1].loss).mean())]
     assert any(r.get("meta_eval/test/initial/test_accuracy") for r in rows)
     assert (tmp_path / "lightning_logs" / "version_0" / "meta_evaluation_test.png").stat().st_size > 10_000
+
+
+def test_held_out_accuracy_uses_batch_statistics_or_eval_mode():
+    from lightning_meta.callbacks.meta_evaluation import adapt
+
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0, batch_norm=True)
+    model.net[2].momentum = 0.0  # training steps leave the running statistics where they are
+    model.net[2].running_mean.fill_(0.3)
+    task = ToyFamily().tasks("test")[0]
+    images, labels = task.test.images.float() / 255, task.test.labels
+    with torch.no_grad():
+        accuracies = {}
+        for train_mode in (True, False):
+            model.train(train_mode)
+            accuracies[train_mode] = (model(images).argmax(1) == labels).float().mean()
+    assert accuracies[True] != accuracies[False]
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for batch_statistics in (True, False):
+        curves = adapt(model, state, [task], inner_steps=1, batch_size=8, seed=0, batch_statistics=batch_statistics)
+        torch.testing.assert_close(curves.test_accuracy[0], accuracies[batch_statistics])

@@ -76,9 +76,19 @@ def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, A
 @torch.inference_mode(False)
 @torch.enable_grad()
 def adapt(
-    pl_module: L.LightningModule, state: dict[str, Tensor], tasks: list[Task], inner_steps: int, batch_size: int, seed: int
+    pl_module: L.LightningModule,
+    state: dict[str, Tensor],
+    tasks: list[Task],
+    inner_steps: int,
+    batch_size: int,
+    seed: int,
+    batch_statistics: bool = True,
 ) -> HeldOutCurves:
-    """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched."""
+    """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
+
+    The held-out accuracy uses the module in training mode (BatchNorm with the statistics of the held-out batch)
+    when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps).
+    """
     device = pl_module.device
     model = copy.deepcopy(pl_module)
     hook = _LogitsHook(model)
@@ -107,15 +117,15 @@ def adapt(
                     scheduler.step()
             losses.append(torch.stack(task_losses))
             errors.append(torch.stack(task_errors))
-            accuracies.append(_accuracy(model, task, device))
+            accuracies.append(_accuracy(model, task, device, batch_statistics))
     hook.handle.remove()
     return HeldOutCurves(torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu(), torch.stack(accuracies).cpu())
 
 
 @torch.no_grad()
-def _accuracy(model: L.LightningModule, task: Task, device: torch.device) -> Tensor:
-    model.eval()
-    loader = DataLoader(task.test, batch_size=256)
+def _accuracy(model: L.LightningModule, task: Task, device: torch.device, batch_statistics: bool) -> Tensor:
+    model.train(batch_statistics)
+    loader = DataLoader(task.test, batch_size=len(task.test) if batch_statistics else 256)
     correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
     return torch.tensor(correct / len(task.test))
 
@@ -131,6 +141,9 @@ class MetaEvaluation(L.Callback):
         max_tasks: evaluate on at most this many tasks of the split.
         seed: seed of the held-out batches (the same for every evaluation, so curves are comparable).
         baseline: also evaluate the weights the run started from, once, as the reference curve.
+        batch_statistics: score held-out images with BatchNorm using their own batch statistics (the usual
+            transductive few-shot protocol); ``False`` uses eval mode, whose running statistics are still far from
+            converged after a few dozen steps on a new task.
         plot_path: where to write the PNG (default: ``<log_dir>/meta_evaluation_<split>.png``).
     """
 
@@ -143,6 +156,7 @@ class MetaEvaluation(L.Callback):
         max_tasks: int | None = None,
         seed: int = 0,
         baseline: bool = True,
+        batch_statistics: bool = True,
         plot_path: str | None = None,
     ) -> None:
         if split not in ("val", "test"):
@@ -154,6 +168,7 @@ class MetaEvaluation(L.Callback):
         self.max_tasks = max_tasks
         self.seed = seed
         self.baseline = baseline
+        self.batch_statistics = batch_statistics
         self.plot_path = plot_path
         self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
         self.initial: HeldOutCurves | None = None
@@ -198,7 +213,10 @@ class MetaEvaluation(L.Callback):
         assert self.inner_steps is not None and self.batch_size is not None
         meta = self._meta(trainer)
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
-        run = lambda weights: adapt(pl_module, weights, self._tasks, self.inner_steps, self.batch_size, self.seed)  # noqa: E731
+        def run(weights: dict[str, Tensor]) -> HeldOutCurves:
+            assert self.inner_steps is not None and self.batch_size is not None
+            return adapt(pl_module, weights, self._tasks, self.inner_steps, self.batch_size, self.seed, self.batch_statistics)
+
         if self.initial is None and self._initial_state is not None:
             self.initial = run(self._initial_state)
             self._log(trainer, "initial", self.initial)
