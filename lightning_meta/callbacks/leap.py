@@ -77,23 +77,29 @@ class Leap(MetaInit):
         self.p = p
         self.loss = loss
         self.stabilizer = stabilizer
-        self._previous: list[Tensor] = []  # theta_i
-        self._previous_grad: list[Tensor] = []  # g_i (only with loss=True)
-        self._accumulator: list[Tensor] = []  # sum of the task's increments
+        # flat buffers with one view per meta-parameter, so the per-step arithmetic runs as single kernels
+        self._previous = torch.empty(0)  # theta_i, spent as the step -dtheta_i inside _add_segment
+        self._previous_grad = torch.empty(0)  # g_i (only with loss=True)
+        self._accumulator = torch.empty(0)  # sum of the task's increments
+        self._views: dict[str, list[Tensor]] = {}
         self._previous_loss: Tensor | None = None
         self._step_loss: Tensor | None = None
         self._path_length: Tensor | None = None
 
     def _allocate(self) -> None:
-        """The rule's buffers, on theta_0's device: three (two with loss=False) copies of the meta-parameters."""
-        if not self._accumulator or self._accumulator[0].device != self.init[0].device:
-            self._previous = [torch.zeros_like(p) for p in self.init]
-            self._previous_grad = [torch.zeros_like(p) for p in self.init] if self.loss else []
-            self._accumulator = [torch.zeros_like(p) for p in self.init]
+        """The rule's buffers on theta_0's device: three (two with loss=False) copies of the meta-parameters."""
+        if self._accumulator.numel() and self._accumulator.device == self.init[0].device:
+            return
+        sizes = [p.numel() for p in self.init]
+        for name in ("_previous", "_previous_grad", "_accumulator"):
+            size = sum(sizes) if name != "_previous_grad" or self.loss else 0
+            flat = torch.zeros(size, dtype=self.init[0].dtype, device=self.init[0].device)
+            setattr(self, name, flat)
+            self._views[name] = [v.view_as(p) for v, p in zip(flat.split(sizes), self.init)] if flat.numel() else []
 
     def on_task_start(self, live: list[Tensor]) -> None:
         self._allocate()
-        torch._foreach_zero_(self._accumulator)
+        self._accumulator.zero_()
         self._previous_loss = None
         self._path_length = torch.zeros((), device=live[0].device)
 
@@ -110,21 +116,20 @@ class Leap(MetaInit):
         assert loss is not None, "on_before_backward did not run before the optimizer step"
         if self._previous_loss is not None:
             self._add_segment(live, loss)
-        torch._foreach_copy_(self._previous, live)
+        torch._foreach_copy_(self._views["_previous"], live)
         if self.loss:
-            torch._foreach_copy_(self._previous_grad, grads)
+            torch._foreach_copy_(self._views["_previous_grad"], grads)
         self._previous_loss = loss
 
     def _add_segment(self, point: list[Tensor], point_loss: Tensor) -> None:
         """Add the increment of the segment from the previous point to ``point``.
 
-        Works in place: ``_previous`` becomes the step dtheta and is spent; the caller overwrites it next.
+        Works in place: ``_previous`` becomes -dtheta and is spent; the caller overwrites it next.
         """
         assert self._previous_loss is not None and self._path_length is not None
-        step = self._previous
-        torch._foreach_neg_(step)
-        torch._foreach_add_(step, point)
-        squared = torch.stack(torch._foreach_norm(step)).square().sum()
+        torch._foreach_sub_(self._views["_previous"], point)
+        negative_step = self._previous
+        squared = negative_step.dot(negative_step)
         if self.loss:
             d_loss = point_loss - self._previous_loss
             if self.stabilizer:
@@ -133,12 +138,9 @@ class Leap(MetaInit):
         length = squared.sqrt()
         self._path_length += length
         scale = 1.0 / length.clamp_min(torch.finfo(length.dtype).tiny) if self.p == 1 else torch.tensor(2.0, device=length.device)
-        torch._foreach_mul_(step, scale)
-        torch._foreach_add_(self._accumulator, step)
+        self._accumulator.addcmul_(negative_step, -scale)
         if self.loss:
-            coefficient = d_loss * scale
-            for total, grad in zip(self._accumulator, self._previous_grad):
-                total.addcmul_(grad, coefficient)
+            self._accumulator.addcmul_(self._previous_grad, d_loss * scale)
 
     def task_meta_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> list[Tensor]:
         """Add the final segment theta_{K-1} -> theta_K (loss at theta_K on the last batch) and negate."""
@@ -148,23 +150,23 @@ class Leap(MetaInit):
                 final_loss = training_loss(pl_module.training_step(batch, batch_idx)).detach().float()
         self._add_segment(self._live, final_loss)
         pl_module.log("leap/path_length", self._path_length, on_step=True, on_epoch=False)  # type: ignore[arg-type]
-        torch._foreach_neg_(self._accumulator)
-        return self._accumulator
+        self._accumulator.neg_()
+        return self._views["_accumulator"]
 
     def rule_state(self) -> dict[str, Any]:
         return {
-            "previous": [t.clone() for t in self._previous],
-            "previous_grad": [t.clone() for t in self._previous_grad],
-            "accumulator": [t.clone() for t in self._accumulator],
+            "previous": self._previous.clone(),
+            "previous_grad": self._previous_grad.clone(),
+            "accumulator": self._accumulator.clone(),
             "previous_loss": self._previous_loss,
             "path_length": self._path_length,
         }
 
     def load_rule_state(self, state: dict[str, Any]) -> None:
         self._allocate()
-        for mine, saved in ((self._previous, state["previous"]), (self._previous_grad, state["previous_grad"]), (self._accumulator, state["accumulator"])):
-            if mine:
-                torch._foreach_copy_(mine, saved)
+        self._previous.copy_(state["previous"])
+        self._previous_grad.copy_(state["previous_grad"])
+        self._accumulator.copy_(state["accumulator"])
         device = self.init[0].device
         self._previous_loss = None if state["previous_loss"] is None else state["previous_loss"].to(device)
         self._path_length = None if state["path_length"] is None else state["path_length"].to(device)
