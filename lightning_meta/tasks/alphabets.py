@@ -37,6 +37,14 @@ class AlphabetFamily(TaskFamily):
     Subclasses implement :meth:`load_alphabets`. Each task keeps ``ways`` characters of its alphabet (chosen from
     the seed when the alphabet has more), with labels ``0..ways-1``; per character the first
     ``20 - test_per_class`` drawers go to ``Task.train`` and the others to ``Task.test``.
+
+    Args:
+        seed: seeds the characters kept per task and the split of alphabets.
+        ways: characters (classes) per task, at most 20.
+        test_per_class: held-out drawers per character; the other ``20 - test_per_class`` are for training.
+        num_train: meta-training alphabets; default all that are not in val or test.
+        num_val: meta-validation alphabets.
+        num_test: meta-test alphabets.
     """
 
     def __init__(

@@ -19,6 +19,7 @@ import tempfile
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -105,25 +106,12 @@ class GlyphAlphabets(AlphabetFamily):
 
     Args:
         root: Cache folder. Default: ``$LIGHTNING_META_CACHE`` or ``~/.cache/lightning_meta``.
-        seed: Seeds the drawers, the characters kept per task and the split of alphabets.
-        ways: Characters (classes) per task, at most 20.
-        test_per_class: Held-out drawers per character; the other ``20 - test_per_class`` are for training.
-        num_train: Meta-training alphabets; default all that are not in val or test.
-        num_val: Meta-validation alphabets.
-        num_test: Meta-test alphabets.
+        **kwargs: the split and task arguments of :class:`~lightning_meta.tasks.alphabets.AlphabetFamily`
+            (``seed`` also seeds the drawers here).
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        seed: int = 0,
-        ways: int = 20,
-        test_per_class: int = 5,
-        num_train: int | None = None,
-        num_val: int = 5,
-        num_test: int = 10,
-    ) -> None:
-        super().__init__(seed, ways, test_per_class, num_train, num_val, num_test)
+    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         default = os.environ.get("LIGHTNING_META_CACHE") or Path.home() / ".cache" / "lightning_meta"
         self.root = Path(root if root is not None else default)
 

@@ -15,6 +15,7 @@ Example (needs the data, hence skipped):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,26 +38,11 @@ class Omniglot(AlphabetFamily):
     Args:
         root: Folder holding (or to receive) torchvision's ``omniglot-py`` folder.
         download: Download both sets with torchvision if missing (needs internet).
-        seed: Seeds the characters kept per task and the split of alphabets.
-        ways: Characters (classes) per task, at most 20.
-        test_per_class: Held-out drawers per character; the other ``20 - test_per_class`` are for training.
-        num_train: Meta-training alphabets; default all that are not in val or test.
-        num_val: Meta-validation alphabets.
-        num_test: Meta-test alphabets.
+        **kwargs: the split and task arguments of :class:`~lightning_meta.tasks.alphabets.AlphabetFamily`.
     """
 
-    def __init__(
-        self,
-        root: str,
-        download: bool = False,
-        seed: int = 0,
-        ways: int = 20,
-        test_per_class: int = 5,
-        num_train: int | None = None,
-        num_val: int = 5,
-        num_test: int = 10,
-    ) -> None:
-        super().__init__(seed, ways, test_per_class, num_train, num_val, num_test)
+    def __init__(self, root: str, download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.download = download
 
