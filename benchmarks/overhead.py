@@ -79,7 +79,7 @@ from lightning_meta.recipes import ConvClassifier  # noqa: E402
 from lightning_meta.tasks import ImageTensorDataset, Task, TaskDataModule, TaskFamily  # noqa: E402
 
 CLASSES = 20
-CONFIGURATIONS = ("baseline", "leap", "reptile")
+CONFIGURATIONS = ("baseline", "leap", "leap-no-loss", "reptile")
 
 
 # ----------------------------------------------------------------------------------------------- the workload
@@ -103,6 +103,8 @@ class RandomImageFamily(TaskFamily):
 def make_callback(name: str, meta_batch_size: int, meta_lr: float) -> L.Callback | None:
     if name == "leap":
         return Leap(meta_batch_size=meta_batch_size, meta_lr=meta_lr)
+    if name == "leap-no-loss":
+        return Leap(loss=False, meta_batch_size=meta_batch_size, meta_lr=meta_lr)
     if name == "reptile":
         return Reptile(meta_batch_size=meta_batch_size, meta_lr=meta_lr)
     return None
@@ -373,6 +375,7 @@ def markdown(args: argparse.Namespace, times: dict[str, Any] | None, memory: dic
     labels = {
         "baseline": "no callback",
         "leap": f"Leap(meta_batch_size={args.meta_batch_size})",
+        "leap-no-loss": f"Leap(loss=False, meta_batch_size={args.meta_batch_size})",
         "reptile": f"Reptile(meta_batch_size={args.meta_batch_size})",
     }
     head = ["configuration"]
