@@ -218,6 +218,7 @@ class MetaInit(L.Callback):
                 {"meta/task": float(task), "meta/step": float(self.meta_steps)}, prog_bar=True, on_step=True, on_epoch=False
             )
 
+    @torch.no_grad()
     def _load_init(self, pl_module: L.LightningModule) -> None:
         torch._foreach_copy_(self._live, [p.detach() for p in self.init])
         for name, buffer in pl_module.named_buffers():
