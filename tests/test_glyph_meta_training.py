@@ -3,13 +3,14 @@
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import make_trainer
 
-from lightning_meta import Leap, MetaEvaluation
+from lightning_meta import Leap, MetaEvaluation, MetaInit
 from lightning_meta.cli import main
-from lightning_meta.recipes import ConvClassifier
-from lightning_meta.tasks import GlyphAlphabets, TaskDataModule
+from lightning_meta.recipes import ConvClassifier, MultiHeadClassifier
+from lightning_meta.tasks import GlyphAlphabets, Omniglot, TaskDataModule
 
 RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 
@@ -27,22 +28,29 @@ def test_short_leap_meta_training_speeds_up_held_out_alphabets(glyph_root):
     assert learned.loss.mean() < initial.loss.mean()
 
 
-def test_quick_recipe_runs_from_the_command_line(glyph_root, tmp_path):
-    main([
-        "fit", "--config", str(RECIPES / "quick.yaml"),
-        f"--data.family.init_args.root={glyph_root}",
-        "--data.inner_steps=2", "--trainer.max_steps=20", "--data.tasks_per_epoch=5",
+@pytest.mark.parametrize("method", ["leap", "reptile", "finetune", "scratch"])
+def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
+    cli = main([
+        "fit", "--config", str(RECIPES / f"{method}.yaml"), "--config", str(RECIPES / "quick.yaml"),
+        f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=3",
+        "--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=8",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.init_args.channels=8", "--trainer.enable_progress_bar=false",
+        *(["--model.init_args.num_heads=3"] if method == "finetune" else []),
     ])
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "meta_evaluation_test.png").stat().st_size > 10_000
     header = next(csv.reader(open(run / "metrics.csv")))
-    assert "meta_eval/test/meta_init/train_error_auc" in header and "leap/path_length" in header
+    assert "meta_eval/test/meta_init/train_error_auc" in header
+    assert cli.trainer.global_step == (0 if method == "scratch" else 8)
+    if method in ("leap", "reptile"):
+        assert next(c for c in cli.trainer.callbacks if isinstance(c, MetaInit)).meta_steps == 2  # 8 steps = 4 tasks of 2 steps = 2 meta-batches
 
 
-def test_paper_recipe_parses():
+def test_paper_recipes_parse():
     cli = main(["--config", str(RECIPES / "leap.yaml")], run=False)
     leap = next(c for c in cli.trainer.callbacks if isinstance(c, Leap))
-    assert (leap.meta_batch_size, leap.meta_lr, leap.p, cli.datamodule.inner_steps) == (20, 0.1, 1, 100)
+    assert (leap.p, leap.meta_lr, cli.datamodule.inner_steps, cli.datamodule.meta_batch_size) == (1, 0.1, 100, 20)
     assert isinstance(cli.model, ConvClassifier) and cli.model.hparams.channels == 64
+    cli = main(["--config", str(RECIPES / "finetune.yaml"), "--data.family=omniglot", "--data.root=/nowhere"], run=False)
+    assert isinstance(cli.model, MultiHeadClassifier) and isinstance(cli.datamodule.family, Omniglot)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
-from lightning_meta.plotting import plot_learning_curves
+from lightning_meta.plotting import plot_learning_curves, plt
 from lightning_meta.tasks.family import Split, Task
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import muted_logging, training_loss
@@ -202,7 +202,8 @@ class MetaEvaluation(L.Callback):
         if due and (not self.history or self.history[-1][0] != step):
             self.evaluate(trainer, pl_module)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final evaluation, also when fit trains no step at all (``max_steps=0``: a no-pre-training baseline)."""
         if not self.history or self.history[-1][0] != self._meta_step(trainer):
             self.evaluate(trainer, pl_module)
         if trainer.is_global_zero:
@@ -240,8 +241,11 @@ class MetaEvaluation(L.Callback):
         path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
         title = f"{len(self._tasks)} held-out {self.split} tasks"
         plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
+        key = f"meta_eval/{self.split}/learning_curves"
         for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key=f"meta_eval/{self.split}/learning_curves", images=[str(path)])
+            if hasattr(logger, "log_image"):  # W&B, Neptune
+                logger.log_image(key=key, images=[str(path)])
+            elif hasattr(logger.experiment, "add_image"):  # TensorBoard
+                logger.experiment.add_image(key, plt.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
         rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
         return path

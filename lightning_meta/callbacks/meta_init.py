@@ -60,7 +60,8 @@ class MetaInit(L.Callback):
     Args:
         inner_steps: optimizer steps per task. ``None`` reads it from the :class:`TaskDataModule`; a value that
             disagrees with the data module is an error at ``setup``.
-        meta_batch_size: tasks averaged into one meta-step.
+        meta_batch_size: tasks averaged into one meta-step; ``None`` reads it from the :class:`TaskDataModule`
+            (1 when it has none either); a value that disagrees with the data module is an error at ``setup``.
         meta_lr: learning rate of the meta-optimizer.
         meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
         meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
@@ -77,7 +78,7 @@ class MetaInit(L.Callback):
     def __init__(
         self,
         inner_steps: int | None = None,
-        meta_batch_size: int = 1,
+        meta_batch_size: int | None = None,
         meta_lr: float = 0.1,
         meta_optimizer: str | type[Optimizer] = "SGD",
         meta_optimizer_kwargs: dict[str, Any] | None = None,
@@ -87,7 +88,7 @@ class MetaInit(L.Callback):
     ) -> None:
         if inner_steps is not None and inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-        if meta_batch_size < 1:
+        if meta_batch_size is not None and meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
         if buffers not in ("reset", "keep"):
             raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
@@ -160,18 +161,13 @@ class MetaInit(L.Callback):
                 f"{name} does not support the {type(trainer.strategy).__name__} strategy yet; run on a single device "
                 "(Trainer(devices=1))."
             )
-        datamodule = trainer.datamodule
-        data_steps = datamodule.inner_steps if isinstance(datamodule, TaskDataModule) else None
-        if self.inner_steps is None and data_steps is None:
+        datamodule = trainer.datamodule if isinstance(trainer.datamodule, TaskDataModule) else None
+        self.inner_steps = self._agree("inner_steps", datamodule)
+        if self.inner_steps is None:
             raise MisconfigurationException(
                 f"{name} needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule."
             )
-        if self.inner_steps is not None and data_steps is not None and self.inner_steps != data_steps:
-            raise MisconfigurationException(
-                f"{name}(inner_steps={self.inner_steps}) disagrees with TaskDataModule(inner_steps={data_steps}): "
-                "tasks would be cut at the wrong steps. Pass the same value, or leave the callback's as None."
-            )
-        self.inner_steps = self.inner_steps or data_steps
+        self.meta_batch_size = self._agree("meta_batch_size", datamodule) or 1
         selected = self._select(pl_module)
         if not selected:
             raise MisconfigurationException(
@@ -184,6 +180,16 @@ class MetaInit(L.Callback):
         for p in self.init:
             p.grad = torch.zeros_like(p)
         self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
+
+    def _agree(self, name: str, datamodule: TaskDataModule | None) -> int | None:
+        """The callback's value of a size, or the data module's; both given and different is an error."""
+        mine, theirs = getattr(self, name), getattr(datamodule, name, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise MisconfigurationException(
+                f"{type(self).__name__}({name}={mine}) disagrees with TaskDataModule({name}={theirs}): tasks would be "
+                "cut or grouped at the wrong steps. Pass the same value, or leave the callback's as None."
+            )
+        return mine if mine is not None else theirs
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = dict(pl_module.named_parameters())

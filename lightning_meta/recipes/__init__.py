@@ -1,5 +1,5 @@
 """Reusable LightningModules of the recipes."""
 
-from lightning_meta.recipes.classifier import ConvClassifier
+from lightning_meta.recipes.classifier import ConvClassifier, MultiHeadClassifier
 
-__all__ = ["ConvClassifier"]
+__all__ = ["ConvClassifier", "MultiHeadClassifier"]

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -72,3 +72,32 @@ class ConvClassifier(L.LightningModule):
         if self.hparams.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+
+
+class MultiHeadClassifier(ConvClassifier):
+    """The multi-headed fine-tuning baseline: one shared encoder, one head per meta-training task.
+
+    A :class:`~lightning_meta.tasks.TaskBatch` of meta-training task ``i`` (its ``split_index``) goes through
+    ``heads[i]``; any other batch (a plain ``(x, y)``, as when a held-out task is trained) goes through ``head``,
+    which meta-training never touches: a new task starts from the shared encoder and a fresh head.
+
+    Args:
+        num_heads: heads for meta-training tasks (the number of meta-training tasks).
+        **kwargs: the :class:`ConvClassifier` arguments.
+    """
+
+    def __init__(self, num_heads: int = 25, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        hp = self.hparams
+        self.heads = nn.ModuleList(nn.Linear(hp.channels, hp.num_classes) for _ in range(num_heads))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        index = getattr(batch, "split_index", None)
+        if index is None:
+            return super().training_step(batch, batch_idx)
+        if index >= len(self.heads):
+            raise IndexError(f"meta-training task {index} has no head: MultiHeadClassifier(num_heads={len(self.heads)})")
+        x, y = batch
+        loss = F.cross_entropy(self.heads[index](self.encoder(x)), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import lightning as L
 from torch import Tensor
@@ -25,6 +26,20 @@ from torchvision.transforms import v2
 
 from lightning_meta.tasks.family import Split, Task, TaskFamily
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+
+
+def family_by_name(name: str, root: str | None) -> TaskFamily:
+    """The built-in families by name: ``"glyphs"`` and ``"omniglot"``."""
+    from lightning_meta.tasks.glyphs import GlyphAlphabets
+    from lightning_meta.tasks.omniglot import Omniglot
+
+    if name == "glyphs":
+        return GlyphAlphabets(root=root)
+    if name == "omniglot":
+        if root is None:
+            raise ValueError("family='omniglot' needs root= (the folder that holds or will receive omniglot-py)")
+        return Omniglot(root=root, download=True)
+    raise ValueError(f"unknown task family {name!r}: use 'glyphs', 'omniglot' or a TaskFamily instance")
 
 
 def random_affine() -> Callable[[Tensor], Tensor]:
@@ -41,10 +56,16 @@ class TaskDataModule(L.LightningDataModule):
     :class:`~lightning_meta.tasks.stream.TaskBatch` objects: ``x, y = batch`` as usual, plus ``batch.task``.
 
     Args:
-        family: the task family (default: :class:`~lightning_meta.tasks.GlyphAlphabets`, the embedded glyphs).
+        family: the task family, or the name of a built-in one: ``"glyphs"`` (the default,
+            :class:`~lightning_meta.tasks.GlyphAlphabets`, embedded) or ``"omniglot"``
+            (:class:`~lightning_meta.tasks.Omniglot`, which needs ``root``).
+        root: data folder of a family given by name (``None``: the family's default).
         inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
+        meta_batch_size: tasks per meta-step; meta-learning callbacks read it from here when they are not given
+            one (``None``: the callback decides).
         batch_size: samples per batch.
-        tasks_per_epoch: tasks in one Lightning epoch (epochs only matter for epoch-level hooks and logging).
+        tasks_per_epoch: tasks in one Lightning epoch (default: ``meta_batch_size``, else 10; epochs only matter
+            for epoch-level hooks and logging).
         augment: apply the Leap paper's random affine augmentation to training images.
         num_workers: DataLoader worker processes.
         seed: seed of the task order, the batches and the augmentation.
@@ -52,24 +73,25 @@ class TaskDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        family: TaskFamily | None = None,
+        family: TaskFamily | Literal["glyphs", "omniglot"] = "glyphs",
+        root: str | None = None,
         inner_steps: int = 100,
+        meta_batch_size: int | None = None,
         batch_size: int = 20,
-        tasks_per_epoch: int = 10,
+        tasks_per_epoch: int | None = None,
         augment: bool = False,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("inner_steps", inner_steps), ("batch_size", batch_size), ("tasks_per_epoch", tasks_per_epoch)):
-            if value < 1:
+        tasks_per_epoch = tasks_per_epoch or meta_batch_size or 10
+        sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "batch_size": batch_size}
+        for name, value in {**sizes, "tasks_per_epoch": tasks_per_epoch}.items():
+            if value is not None and value < 1:
                 raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
-        if family is None:
-            from lightning_meta.tasks.glyphs import GlyphAlphabets
-
-            family = GlyphAlphabets()
-        self.family = family
+        self.family = family_by_name(family, root) if isinstance(family, str) else family
         self.inner_steps = inner_steps
+        self.meta_batch_size = meta_batch_size
         self.batch_size = batch_size
         self.tasks_per_epoch = tasks_per_epoch
         self.augment = augment

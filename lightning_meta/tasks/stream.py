@@ -41,13 +41,15 @@ class TaskBatch:
     """A batch that says which task of the stream it belongs to, and unpacks like ``(inputs, targets)``.
 
     ``x, y = batch`` works as for a plain tuple, so a LightningModule written for ``(x, y)`` batches runs unchanged;
-    callbacks read ``batch.task`` (the task's position in the stream) and ``batch.task_name``.
+    callbacks read ``batch.task`` (the task's position in the stream), ``batch.task_name`` and ``batch.split_index``
+    (the task's index in its split, e.g. to pick a per-task head).
     """
 
     inputs: Tensor
     targets: Tensor
     task: int
     task_name: str
+    split_index: int = 0
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.inputs, self.targets))
@@ -69,20 +71,21 @@ class TaskStreamDataset(Dataset):
     def __len__(self) -> int:
         return sum(len(task.train) for task in self.tasks)
 
-    def __getitem__(self, key: SampleKey) -> tuple[Tensor, int, int, str]:
+    def __getitem__(self, key: SampleKey) -> tuple[Tensor, int, SampleKey, str]:
         task = self.tasks[key.task_index]
         inputs, target = task.train[key.sample]
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key.seed)
                 inputs = self.transform(inputs)
-        return inputs, target, key.stream_task, task.name
+        return inputs, target, key, task.name
 
 
-def collate_task_batch(samples: list[tuple[Tensor, int, int, str]]) -> TaskBatch:
+def collate_task_batch(samples: list[tuple[Tensor, int, SampleKey, str]]) -> TaskBatch:
     """Stack samples of one task into a :class:`TaskBatch`."""
     inputs, targets = default_collate([(x, y) for x, y, _, _ in samples])
-    return TaskBatch(inputs, targets, task=samples[0][2], task_name=samples[0][3])
+    key, name = samples[0][2], samples[0][3]
+    return TaskBatch(inputs, targets, task=key.stream_task, task_name=name, split_index=key.task_index)
 
 
 class TaskBatchSampler(Sampler[list[SampleKey]]):

@@ -1,0 +1,42 @@
+"""The recipe modules and the learning-curve metric, against direct computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_meta.metrics import LearningCurveAUC
+from lightning_meta.recipes import MultiHeadClassifier
+from lightning_meta.tasks import TaskBatch
+
+
+def test_multi_head_routes_meta_training_batches_to_their_head_and_new_tasks_to_the_fresh_one():
+    torch.manual_seed(0)
+    model = MultiHeadClassifier(num_heads=3, channels=8)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 20, (4,))
+    model.training_step(TaskBatch(x, y, task=7, task_name="any", split_index=1), 0).backward()
+    touched = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"heads.1.weight", "heads.1.bias"} <= touched
+    assert not any(name.startswith(("heads.0", "heads.2", "head.")) for name in touched)
+    model.zero_grad(set_to_none=True)
+    model.training_step((x, y), 0).backward()  # a held-out task: plain (x, y)
+    touched = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert "head.weight" in touched and not any(name.startswith("heads.") for name in touched)
+    with pytest.raises(IndexError, match="num_heads=3"):
+        model.training_step(TaskBatch(x, y, task=0, task_name="any", split_index=3), 0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 17])
+def test_auc_is_numpys_trapezoid_divided_by_the_steps(steps):
+    generator = np.random.default_rng(steps)
+    curves = [generator.random(steps + 1) for _ in range(4)]
+    metric = LearningCurveAUC()
+    metric.update(torch.tensor(np.stack(curves[:3])))
+    metric.update(torch.tensor(curves[3]))
+    expected = np.mean([np.trapezoid(c) / steps for c in curves])
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_auc_of_hand_made_curves():
+    metric = LearningCurveAUC()
+    metric.update(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]]))  # areas 0.5/3 and 1.5/3
+    assert metric.compute().item() == pytest.approx((0.5 / 3 + 0.5) / 2)
