@@ -9,16 +9,41 @@ Example (shell)::
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_meta.tasks import TaskDataModule
 
 
+def wandb_offline_without_key() -> None:
+    """``--trainer.logger=WandbLogger`` works out of the box: without an API key, W&B runs offline (sync later)."""
+    netrc = Path.home() / ".netrc"
+    logged_in = "WANDB_API_KEY" in os.environ or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+    if not logged_in and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+        rank_zero_info("lightning-meta: no W&B API key found; W&B (if used) runs offline. `wandb sync` uploads later.")
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Save the run's full config beside the logs, as Lightning does, and log it to every logger (W&B's run config)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Run ``lightning-meta``; ``args`` replaces ``sys.argv[1:]`` (handy in notebooks and tests)."""
+    wandb_offline_without_key()
     return LightningCLI(
         datamodule_class=TaskDataModule,
         subclass_mode_model=True,
+        save_config_callback=ConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
