@@ -211,22 +211,21 @@ class MetaEvaluation(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> HeldOutCurves:
         """Evaluate theta_0 now; log the summary to the Trainer's loggers and keep the curves in ``history``."""
-        assert self.inner_steps is not None and self.batch_size is not None
         meta = self._meta(trainer)
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
-        def run(weights: dict[str, Tensor]) -> HeldOutCurves:
-            assert self.inner_steps is not None and self.batch_size is not None
-            return adapt(pl_module, weights, self._tasks, self.inner_steps, self.batch_size, self.seed, self.batch_statistics)
-
         if self.initial is None and self._initial_state is not None:
-            self.initial = run(self._initial_state)
+            self.initial = self._adapt(pl_module, self._initial_state)
             self._log(trainer, "initial", self.initial)
         step = self._meta_step(trainer)
         rank_zero_info(f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}")
-        curves = run(state)
+        curves = self._adapt(pl_module, state)
         self.history.append((step, curves))
         self._log(trainer, "meta_init", curves)
         return curves
+
+    def _adapt(self, pl_module: L.LightningModule, state: dict[str, Tensor]) -> HeldOutCurves:
+        assert self.inner_steps is not None and self.batch_size is not None
+        return adapt(pl_module, state, self._tasks, self.inner_steps, self.batch_size, self.seed, self.batch_statistics)
 
     def _log(self, trainer: L.Trainer, name: str, curves: HeldOutCurves) -> None:
         metrics = {f"meta_eval/{self.split}/{name}/{key}": value for key, value in curves.summary().items()}
@@ -235,7 +234,8 @@ class MetaEvaluation(L.Callback):
 
     def plot(self, trainer: L.Trainer) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
-        curves = {f"meta-learned init (meta-step {step})": c for step, c in self.history[-3:]}
+        label = "meta-learned init (meta-step {})" if self._meta(trainer) else "weights after {} training steps"
+        curves = {label.format(step): c for step, c in self.history[-3:]}
         if self.initial is not None:
             curves = {"initial weights": self.initial, **curves}
         path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
