@@ -174,6 +174,7 @@ class MetaEvaluation(L.Callback):
         self.initial: HeldOutCurves | None = None
         self._initial_state: dict[str, Tensor] | None = None
         self._tasks: list[Task] = []
+        self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -184,17 +185,14 @@ class MetaEvaluation(L.Callback):
             raise MisconfigurationException(f"the task family has no {self.split!r} tasks to evaluate on")
         self.inner_steps = self.inner_steps or datamodule.inner_steps
         self.batch_size = self.batch_size or datamodule.batch_size
+        self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.baseline and self._initial_state is None:
             self._initial_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
-    def _meta(self, trainer: L.Trainer) -> MetaInit | None:
-        return next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
-
     def _meta_step(self, trainer: L.Trainer) -> int:
-        meta = self._meta(trainer)
-        return meta.meta_steps if meta is not None else trainer.global_step
+        return self._meta.meta_steps if self._meta is not None else trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = self._meta_step(trainer)
@@ -211,7 +209,7 @@ class MetaEvaluation(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> HeldOutCurves:
         """Evaluate theta_0 now; log the summary to the Trainer's loggers and keep the curves in ``history``."""
-        meta = self._meta(trainer)
+        meta = self._meta
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
         if self.initial is None and self._initial_state is not None:
             self.initial = self._adapt(pl_module, self._initial_state)
@@ -234,7 +232,7 @@ class MetaEvaluation(L.Callback):
 
     def plot(self, trainer: L.Trainer) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
-        label = "meta-learned init (meta-step {})" if self._meta(trainer) else "weights after {} training steps"
+        label = "meta-learned init (meta-step {})" if self._meta else "weights after {} training steps"
         curves = {label.format(step): c for step, c in self.history[-3:]}
         if self.initial is not None:
             curves = {"initial weights": self.initial, **curves}

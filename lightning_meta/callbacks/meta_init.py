@@ -227,7 +227,7 @@ class MetaInit(L.Callback):
     @torch.no_grad()
     def _load_init(self, pl_module: L.LightningModule) -> None:
         torch._foreach_copy_(self._live, [p.detach() for p in self.init])
-        for name, buffer in pl_module.named_buffers():
+        for name, buffer in self._live_buffers.items():
             if name in self._buffer_start:
                 buffer.copy_(self._buffer_start[name])
 
@@ -268,7 +268,7 @@ class MetaInit(L.Callback):
             torch._foreach_add_([p.grad for p in self.init], meta_gradient)  # type: ignore[misc]
             self.tasks_kept += 1
             if self.buffers == "keep":
-                self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
+                self._buffer_start = {n: b.detach().clone() for n, b in self._live_buffers.items()}
         else:
             rank_zero_warn(
                 f"{type(self).__name__}: task {self.active_task} diverged (non-finite loss or parameters); it is "
