@@ -43,6 +43,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return LightningCLI(
         datamodule_class=TaskDataModule,
         subclass_mode_model=True,
+        subclass_mode_data=True,
         save_config_callback=ConfigToLoggers,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -1,13 +1,34 @@
-"""Small helpers for calling a user's LightningModule from a callback without side effects."""
+"""Small helpers shared by the meta-learners: parameter filters, and calling a user's module without side effects."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 from torch import Tensor
+
+ParamFilter = Callable[[str, Tensor], bool]
+
+
+def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
+    """``include`` as a predicate ``(name, parameter) -> bool``: a regular expression searched in the name, a
+    predicate as is, or ``None`` for every parameter.
+
+    Example:
+        >>> import torch
+        >>> chosen = parameter_filter("^head")
+        >>> chosen("head.weight", torch.zeros(1)), chosen("encoder.0.weight", torch.zeros(1))
+        (True, False)
+    """
+    if include is None:
+        return lambda name, parameter: True
+    if isinstance(include, str):
+        pattern = re.compile(include)
+        return lambda name, parameter: pattern.search(name) is not None
+    return include
 
 
 @contextmanager

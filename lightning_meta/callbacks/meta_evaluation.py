@@ -2,10 +2,10 @@
 
 Every ``every_n_meta_steps`` meta-steps and at the end of fit, a copy of the module starts from theta_0 (read from
 the :class:`~lightning_meta.callbacks.MetaInit` callback of the Trainer, or the module's own weights when there is
-none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` and
-``training_step``. It records the training loss and error of every step and the final accuracy on the task's
-held-out images, logs their means and learning-curve AUCs, and draws the mean curves next to those of the weights
-the run started from. The training run itself is left untouched: weights, meta-state and RNG streams.
+none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` (or
+``configure_inner_optimizer``, where a MAML module has one) and ``training_step``. It records the training loss and
+error of every step and the final accuracy on the task's held-out images, logs their means and learning-curve AUCs,
+and draws the mean curves next to those of the weights the run started from. The training run itself is left untouched: weights, meta-state and RNG streams.
 
 Example:
     >>> import lightning as L
@@ -66,6 +66,10 @@ class _LogitsHook:
 
 
 def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, Any]:
+    """The module's inner optimizer: ``configure_inner_optimizer()`` where the module has one (MAML modules, whose
+    ``configure_optimizers`` is the meta-optimizer's), else ``configure_optimizers()``."""
+    if hasattr(model, "configure_inner_optimizer"):
+        return model.configure_inner_optimizer(), []
     optimizers, schedulers, _ = _configure_optimizers(model.configure_optimizers())
     if len(optimizers) != 1:
         raise MisconfigurationException("MetaEvaluation trains held-out tasks with one optimizer")

@@ -14,8 +14,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import re
-from collections.abc import Callable
 from copy import deepcopy
 from typing import Any, Literal
 
@@ -29,8 +27,7 @@ from torch.optim import Optimizer
 
 from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.stream import TaskBatch
-
-ParamFilter = Callable[[str, Tensor], bool]
+from lightning_meta.utils import ParamFilter, parameter_filter
 
 
 def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
@@ -137,14 +134,7 @@ class MetaInit(L.Callback):
 
     # ----------------------------------------------------------------- set-up
     def _select(self, pl_module: L.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
-        include = self.include
-        if include is None:
-            chosen = lambda name, p: True  # noqa: E731
-        elif isinstance(include, str):
-            pattern = re.compile(include)
-            chosen = lambda name, p: pattern.search(name) is not None  # noqa: E731
-        else:
-            chosen = include
+        chosen = parameter_filter(self.include)
         return [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad and chosen(n, p)]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -1,5 +1,6 @@
 """Reusable LightningModules of the recipes."""
 
 from lightning_meta.recipes.classifier import ConvClassifier, MultiHeadClassifier
+from lightning_meta.recipes.maml_classifier import MAMLClassifier
 
-__all__ = ["ConvClassifier", "MultiHeadClassifier"]
+__all__ = ["ConvClassifier", "MAMLClassifier", "MultiHeadClassifier"]

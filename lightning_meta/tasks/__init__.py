@@ -1,9 +1,20 @@
 """Task families and the data module that streams their tasks."""
 
 from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.episodes import EpisodeBatch, EpisodeDataModule
 from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
 from lightning_meta.tasks.omniglot import Omniglot
 from lightning_meta.tasks.stream import TaskBatch
 
-__all__ = ["GlyphAlphabets", "ImageTensorDataset", "Omniglot", "Task", "TaskBatch", "TaskDataModule", "TaskFamily"]
+__all__ = [
+    "EpisodeBatch",
+    "EpisodeDataModule",
+    "GlyphAlphabets",
+    "ImageTensorDataset",
+    "Omniglot",
+    "Task",
+    "TaskBatch",
+    "TaskDataModule",
+    "TaskFamily",
+]

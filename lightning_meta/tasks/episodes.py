@@ -1,0 +1,188 @@
+"""Episodes for meta-learners with a differentiable inner loop (MAML): support batches and a query set per task.
+
+``EpisodeDataModule`` streams the same tasks as :class:`~lightning_meta.tasks.TaskDataModule`, in the same seeded
+order, but hands a whole task to ``training_step`` at once: ``support_batches`` batches of ``batch_size`` training
+images (one per inner step, augmented as in the stream) and ``query_size`` of the task's held-out images, on which
+the adapted parameters are scored. A batch holds ``meta_batch_size`` such episodes.
+
+Example:
+    >>> import torch
+    >>> from lightning_meta.tasks import EpisodeDataModule
+    >>> from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
+    >>> class Toy(TaskFamily):
+    ...     def tasks(self, split):
+    ...         data = ImageTensorDataset(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.arange(8) % 2)
+    ...         return [Task(f"{split}-{i}", data, data, 2) for i in range(3)]
+    >>> data = EpisodeDataModule(Toy(), inner_steps=5, support_batches=2, batch_size=4, query_size=6,
+    ...                          meta_batch_size=3)
+    >>> data.setup("fit")
+    >>> batch = next(iter(data.train_dataloader()))
+    >>> tuple(batch.support_inputs.shape), tuple(batch.query_inputs.shape), batch.tasks
+    ((3, 2, 4, 1, 4, 4), (3, 6, 1, 4, 4), [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from lightning_meta.tasks.datamodule import TaskDataModule, random_affine
+from lightning_meta.tasks.family import Split, Task
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset
+
+
+@dataclass
+class EpisodeBatch:
+    """Episodes of several tasks, stacked along the first dimension.
+
+    Attributes:
+        support_inputs: ``[tasks, support_batches, batch_size, ...]``: inner step ``i`` trains on batch ``i``.
+        support_targets: ``[tasks, support_batches, batch_size]``.
+        query_inputs: ``[tasks, query_size, ...]``: the adapted parameters are scored here.
+        query_targets: ``[tasks, query_size]``.
+        tasks: each episode's position in the task stream.
+        task_names: each episode's task name.
+    """
+
+    support_inputs: Tensor
+    support_targets: Tensor
+    query_inputs: Tensor
+    query_targets: Tensor
+    tasks: list[int]
+    task_names: list[str]
+
+    def __len__(self) -> int:
+        return self.support_inputs.shape[0]
+
+
+class EpisodeDataset(Dataset):
+    """Builds the episode of the ``n``-th task of a stream (a pure function of the sampler's seed and ``n``)."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        sampler: TaskBatchSampler,
+        query_size: int,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.tasks = list(tasks)
+        self.sampler = sampler
+        self.query_size = query_size
+        self.support = TaskStreamDataset(self.tasks, transform)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, stream_task: int) -> dict[str, Any]:
+        batches = self.sampler.task_batches(stream_task)
+        support = [default_collate([self.support[key][:2] for key in batch]) for batch in batches]
+        task = self.tasks[batches[0][0].task_index]
+        rng = np.random.default_rng([self.sampler.seed, 2, stream_task])
+        picks = rng.choice(len(task.test), size=self.query_size, replace=self.query_size > len(task.test))
+        query_inputs, query_targets = default_collate([task.test[int(i)] for i in picks])
+        return {
+            "support_inputs": torch.stack([x for x, _ in support]),
+            "support_targets": torch.stack([y for _, y in support]),
+            "query_inputs": query_inputs,
+            "query_targets": query_targets,
+            "tasks": stream_task,
+            "task_names": task.name,
+        }
+
+
+def collate_episodes(episodes: list[dict[str, Any]]) -> EpisodeBatch:
+    """Stack episodes into an :class:`EpisodeBatch`."""
+    stacked = {key: torch.stack([e[key] for e in episodes]) for key in episodes[0] if key.endswith(("inputs", "targets"))}
+    return EpisodeBatch(**stacked, tasks=[e["tasks"] for e in episodes], task_names=[e["task_names"] for e in episodes])
+
+
+class EpisodeBatchSampler(Sampler[list[int]]):
+    """Batch ``n`` holds the tasks ``n * tasks_per_batch ...`` of the stream, from the batch ``position()`` names on.
+
+    Args:
+        tasks_per_batch: episodes per batch.
+        batches_per_epoch: ``len(sampler)``; iteration stops at the end of the current epoch.
+        position: batches already consumed (e.g. from ``trainer.global_step``), so a resumed run continues there.
+    """
+
+    def __init__(self, tasks_per_batch: int, batches_per_epoch: int, position: Callable[[], int] = lambda: 0) -> None:
+        self.tasks_per_batch = tasks_per_batch
+        self.batches_per_epoch = batches_per_epoch
+        self.position = position
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.position()
+        for batch in range(start, (start // len(self) + 1) * len(self)):
+            yield list(range(batch * self.tasks_per_batch, (batch + 1) * self.tasks_per_batch))
+
+
+class EpisodeDataModule(TaskDataModule):
+    """Streams meta-batches of episodes (support batches + query set per task) for MAML-style meta-learners.
+
+    Takes the :class:`~lightning_meta.tasks.TaskDataModule` arguments, with these meanings:
+
+    Args:
+        inner_steps: steps on held-out tasks in :class:`~lightning_meta.MetaEvaluation`, and the default number
+            of support batches.
+        meta_batch_size: episodes per batch (default 1); gradient accumulation groups several batches.
+        tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches); validation runs at epoch ends.
+        support_batches: support batches per episode (default ``inner_steps``); 1 gives the classic few-shot
+            episode whose single support batch is reused at every inner step.
+        query_size: held-out images of the task per episode (drawn with replacement only if the task has fewer).
+        *args, **kwargs: the :class:`~lightning_meta.tasks.TaskDataModule` arguments (family, root, inner_steps,
+            meta_batch_size, batch_size, tasks_per_epoch, augment, num_workers, seed).
+
+    ``val_dataloader`` / ``test_dataloader`` give one episode of every task of the ``"val"`` / ``"test"`` split,
+    the same episodes at every evaluation.
+    """
+
+    def __init__(self, *args: Any, support_batches: int | None = None, query_size: int = 20, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, value in {"support_batches": support_batches, "query_size": query_size}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"EpisodeDataModule: {name} must be >= 1, got {value}")
+        self.support_batches = support_batches or self.inner_steps
+        self.query_size = query_size
+
+    @property
+    def tasks_per_batch(self) -> int:
+        return self.meta_batch_size or 1
+
+    def _episodes(self, tasks: list[Task], seed: int, augment: bool) -> EpisodeDataset:
+        sampler = TaskBatchSampler([len(t.train) for t in tasks], self.batch_size, self.support_batches, len(tasks), seed)
+        return EpisodeDataset(tasks, sampler, self.query_size, random_affine() if augment else None)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self._train_tasks is not None
+        batches = -(-self.tasks_per_epoch // self.tasks_per_batch)
+        return DataLoader(
+            self._episodes(self._train_tasks, self.seed, self.augment),
+            batch_sampler=EpisodeBatchSampler(self.tasks_per_batch, batches, position=self._consumed_batches),
+            collate_fn=collate_episodes,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _evaluation_dataloader(self, split: Split) -> DataLoader:
+        tasks = self.tasks(split)
+        if not tasks:
+            raise ValueError(f"{type(self.family).__name__} has no {split!r} tasks to validate or test on")
+        episodes = self._episodes(tasks, self.seed + 1, augment=False)
+        # One pass of the stream visits every task once; the fixed seed gives the same episodes every time.
+        return DataLoader(episodes, batch_size=self.tasks_per_batch, collate_fn=collate_episodes, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_dataloader("test")
