@@ -15,12 +15,15 @@ from lightning_meta.tasks import ImageTensorDataset, Task, TaskFamily
 class ToyFamily(TaskFamily):
     """Tasks of 4x4 grey images labelled by a random linear teacher of each task: learnable and cheap."""
 
-    def __init__(self, num_tasks: int = 6, samples: int = 60, classes: int = 3, seed: int = 0) -> None:
+    def __init__(
+        self, num_tasks: int = 6, samples: int = 60, classes: int = 3, seed: int = 0, same_teacher: bool = False
+    ) -> None:
         generator = torch.Generator().manual_seed(seed)
+        shared = torch.randn(16, classes, generator=generator)
         self._tasks: list[Task] = []
         for index in range(num_tasks):
             images = torch.randint(0, 256, (samples, 1, 4, 4), generator=generator, dtype=torch.uint8)
-            teacher = torch.randn(16, classes, generator=generator)
+            teacher = shared if same_teacher else torch.randn(16, classes, generator=generator)
             labels = (images.float().flatten(1) / 255 - 0.5).matmul(teacher).argmax(1)
             data = ImageTensorDataset(images, labels)
             self._tasks.append(Task(f"toy-{index}", data, data, classes))
