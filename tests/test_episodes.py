@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers import ToyFamily
@@ -55,9 +57,14 @@ def test_evaluation_loaders_hold_one_episode_of_every_task_of_their_split():
     assert torch.equal(first[0].support_targets, second[0].support_targets)
 
 
-def test_support_batches_default_to_inner_steps_and_bad_sizes_are_named():
-    assert EpisodeDataModule(ToyFamily(), inner_steps=7).support_batches == 7
-    assert EpisodeDataModule(ToyFamily(), inner_steps=7, support_batches=1).support_batches == 1
+def test_support_batches_follow_the_maml_module_else_inner_steps_and_bad_sizes_are_named():
+    assert EpisodeDataModule(ToyFamily(), inner_steps=7).resolved_support_batches() == 7
+    assert EpisodeDataModule(ToyFamily(), inner_steps=7, support_batches=1).resolved_support_batches() == 1
+    data = EpisodeDataModule(ToyFamily(), inner_steps=7)
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(maml=SimpleNamespace(inner_steps=5)))
+    assert data.resolved_support_batches() == 5
+    data.trainer.lightning_module.maml.inner_steps = None  # the module takes one step per support batch
+    assert data.resolved_support_batches() == 7
     for name in ("query_size", "support_batches"):
         with pytest.raises(ValueError, match=name):
             EpisodeDataModule(ToyFamily(), **{name: 0})

@@ -2,6 +2,7 @@
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ from helpers import make_trainer
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit
 from lightning_meta.cli import main
-from lightning_meta.recipes import ConvClassifier, MultiHeadClassifier
-from lightning_meta.tasks import GlyphAlphabets, Omniglot, TaskDataModule
+from lightning_meta.recipes import ConvClassifier, MAMLClassifier, MultiHeadClassifier
+from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets, Omniglot, TaskDataModule
 
 RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 
@@ -28,7 +29,7 @@ def test_short_leap_meta_training_speeds_up_held_out_alphabets(glyph_root):
     assert learned.loss.mean() < initial.loss.mean()
 
 
-@pytest.mark.parametrize("method", ["leap", "reptile", "finetune", "scratch"])
+@pytest.mark.parametrize("method", ["leap", "reptile", "finetune", "scratch", "fomaml", "maml"])
 def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
     cli = main([
         "fit", "--config", str(RECIPES / f"{method}.yaml"), "--config", str(RECIPES / "quick.yaml"),
@@ -37,12 +38,13 @@ def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.init_args.channels=8", "--trainer.enable_progress_bar=false",
         *(["--model.init_args.num_heads=3"] if method == "finetune" else []),
+        *(["--model.init_args.inner_steps=2", "--trainer.check_val_every_n_epoch=2"] if method == "maml" else []),
     ])
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "meta_evaluation_test.png").stat().st_size > 10_000
     header = next(csv.reader(open(run / "metrics.csv")))
     assert "meta_eval/test/meta_init/train_error_auc" in header
-    assert cli.trainer.global_step == (0 if method == "scratch" else 8)
+    assert cli.trainer.global_step == (0 if method == "scratch" else 8)  # for (FO)MAML: 8 meta-steps
     if method in ("leap", "reptile"):
         assert next(c for c in cli.trainer.callbacks if isinstance(c, MetaInit)).meta_steps == 2  # 8 steps = 4 tasks of 2 steps = 2 meta-batches
 
@@ -54,3 +56,10 @@ def test_paper_recipes_parse():
     assert isinstance(cli.model, ConvClassifier) and cli.model.hparams.channels == 64
     cli = main(["--config", str(RECIPES / "finetune.yaml"), "--data.family=omniglot", "--data.root=/nowhere"], run=False)
     assert isinstance(cli.model, MultiHeadClassifier) and isinstance(cli.datamodule.family, Omniglot)
+    for method, steps, support, first_order in (("maml", 5, 5, False), ("fomaml", None, 100, True)):
+        cli = main(["--config", str(RECIPES / f"{method}.yaml")], run=False)
+        assert isinstance(cli.model, MAMLClassifier) and isinstance(cli.datamodule, EpisodeDataModule)
+        settings = cli.model.maml
+        assert (settings.inner_steps, settings.first_order, cli.model.hparams.lr) == (steps, first_order, 0.5)
+        cli.datamodule.trainer = SimpleNamespace(lightning_module=cli.model)  # as the Trainer attaches it in fit
+        assert (cli.datamodule.resolved_support_batches(), cli.datamodule.meta_batch_size) == (support, 20)

@@ -1,8 +1,11 @@
 """The recipe modules and the learning-curve metric, against direct computations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lightning_meta.metrics import LearningCurveAUC
 from lightning_meta.recipes import MultiHeadClassifier
@@ -40,3 +43,12 @@ def test_auc_of_hand_made_curves():
     metric = LearningCurveAUC()
     metric.update(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]]))  # areas 0.5/3 and 1.5/3
     assert metric.compute().item() == pytest.approx((0.5 / 3 + 0.5) / 2)
+
+
+def test_episode_data_of_maml_configs_follows_the_shared_protocol():
+    """episodes.yaml repeats data.yaml as an EpisodeDataModule: the protocol values must not drift apart."""
+    recipes = Path(__file__).parents[1] / "recipes" / "omniglot"
+    shared = yaml.safe_load(open(recipes / "data.yaml"))
+    episodes = yaml.safe_load(open(recipes / "episodes.yaml"))
+    assert episodes["class_path"] == "lightning_meta.tasks.EpisodeDataModule"
+    assert {k: v for k, v in episodes["init_args"].items() if k != "query_size"} == shared

@@ -135,8 +135,9 @@ class EpisodeDataModule(TaskDataModule):
             of support batches.
         meta_batch_size: episodes per batch (default 1); gradient accumulation groups several batches.
         tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches); validation runs at epoch ends.
-        support_batches: support batches per episode (default ``inner_steps``); 1 gives the classic few-shot
-            episode whose single support batch is reused at every inner step.
+        support_batches: support batches per episode; 1 gives the classic few-shot episode whose single support
+            batch is reused at every inner step. Default: the inner steps of the Trainer's MAML module when it fixes
+            them (:meth:`~lightning_meta.mixins.MAMLMixin.configure_maml`), else ``inner_steps``.
         query_size: held-out images of the task per episode (drawn with replacement only if the task has fewer).
         *args, **kwargs: the :class:`~lightning_meta.tasks.TaskDataModule` arguments (family, root, inner_steps,
             meta_batch_size, batch_size, tasks_per_epoch, augment, num_workers, seed).
@@ -150,15 +151,23 @@ class EpisodeDataModule(TaskDataModule):
         for name, value in {"support_batches": support_batches, "query_size": query_size}.items():
             if value is not None and value < 1:
                 raise ValueError(f"EpisodeDataModule: {name} must be >= 1, got {value}")
-        self.support_batches = support_batches or self.inner_steps
+        self.support_batches = support_batches
         self.query_size = query_size
+
+    def resolved_support_batches(self) -> int:
+        """``support_batches``, else the inner steps the Trainer's MAML module fixes, else ``inner_steps``."""
+        if self.support_batches is not None:
+            return self.support_batches
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(getattr(model, "maml", None), "inner_steps", None) or self.inner_steps
 
     @property
     def tasks_per_batch(self) -> int:
         return self.meta_batch_size or 1
 
     def _episodes(self, tasks: list[Task], seed: int, augment: bool) -> EpisodeDataset:
-        sampler = TaskBatchSampler([len(t.train) for t in tasks], self.batch_size, self.support_batches, len(tasks), seed)
+        sizes = [len(t.train) for t in tasks]
+        sampler = TaskBatchSampler(sizes, self.batch_size, self.resolved_support_batches(), len(tasks), seed)
         return EpisodeDataset(tasks, sampler, self.query_size, random_affine() if augment else None)
 
     def train_dataloader(self) -> DataLoader:
