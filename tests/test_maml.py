@@ -16,8 +16,9 @@ from lightning_meta.tasks import EpisodeBatch, EpisodeDataModule
 
 
 class TinyMAML(MAMLMixin, L.LightningModule):
-    def __init__(self, with_norm: bool = False, meta_lr: float = 0.5, inputs: int = 4, **maml) -> None:
+    def __init__(self, with_norm: bool = False, meta_lr: float = 0.5, inputs: int = 4, dropout: float = 0.0, **maml):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.inputs = inputs
         self.body = nn.Linear(inputs, 5)
         self.norm = nn.BatchNorm1d(5) if with_norm else nn.Identity()
@@ -26,7 +27,7 @@ class TinyMAML(MAMLMixin, L.LightningModule):
         self.configure_maml(**maml)
 
     def forward(self, x):
-        return self.head(self.norm(self.body(x.flatten(1)[:, : self.inputs])).tanh())
+        return self.head(self.dropout(self.norm(self.body(x.flatten(1)[:, : self.inputs])).tanh()))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.meta_lr)
@@ -105,13 +106,19 @@ def test_anil_adapts_only_the_head():
         torch.testing.assert_close(ours[name], expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("learn_inner_lr", [False, True])
-def test_checkpointed_unroll_gives_the_same_gradient(learn_inner_lr):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"learn_inner_lr": True}, {"with_norm": True}, {"with_norm": True, "batch_norm": "frozen", "learn_inner_lr": True},
+     {"adapt": "^head"}, {"dropout": 0.3}],
+    ids=["plain", "learned-lr", "batch-norm", "frozen-norm", "anil", "dropout"],
+)
+def test_checkpointed_unroll_gives_the_same_gradient(options):
     batch = episodes(batches=5)
     grads = []
     for segments in (0, 2, 5):
         torch.manual_seed(0)
-        model = TinyMAML(inner_steps=5, inner_lr=0.3, learn_inner_lr=learn_inner_lr, checkpoint_segments=segments)
+        model = TinyMAML(inner_steps=5, inner_lr=0.3, checkpoint_segments=segments, **options)
+        torch.manual_seed(1)  # the dropout masks
         grads.append(mixin_meta_gradient(model.double(), batch))
     for other in grads[1:]:
         assert other.keys() == grads[0].keys()

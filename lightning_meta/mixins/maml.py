@@ -32,9 +32,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -42,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
 
 from lightning_meta.tasks.episodes import EpisodeBatch
 from lightning_meta.utils import ParamFilter, parameter_filter
@@ -71,6 +71,41 @@ class MAMLResult:
     loss: Tensor
     accuracy: Tensor | None
     support_loss: Tensor
+
+
+class CheckpointedSegment(torch.autograd.Function):
+    """Gradient checkpointing of a stretch of the inner loop: only its inputs are kept for the backward pass.
+
+    The forward pass runs the steps without building a graph of the inner gradients (``graph=False``); the backward
+    pass recomputes them with the second-order graph and backpropagates through that one segment. Memory therefore
+    holds one segment's graph plus the inputs of every segment, instead of the graph of the whole unroll.
+    (``torch.utils.checkpoint`` does not fit here: the inner loop calls ``torch.autograd.grad`` inside the
+    checkpointed function, which makes its non-reentrant variant recompute and keep every saved tensor in the
+    forward pass, and its reentrant variant runs the function under ``no_grad``.)
+    The RNG state is restored for the recomputation, so dropout draws the same masks.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, run: Callable[..., tuple[Tensor, ...]], outputs: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+        ctx.run, ctx.outputs = run, outputs
+        ctx.devices = sorted({x.device for x in inputs if x.is_cuda}, key=str)
+        ctx.rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices]
+        ctx.save_for_backward(*inputs)
+        with torch.enable_grad():
+            result = run(False, *[x.detach().requires_grad_(x.requires_grad) for x in inputs])
+        return tuple(t.detach() for t in result)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
+        with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
+            torch.set_rng_state(ctx.rng[0])
+            for device, state in zip(ctx.devices, ctx.rng[1]):
+                torch.cuda.set_rng_state(state, device)
+            result = ctx.run(True, *inputs)
+            wanted = [x for x in inputs if x.requires_grad]
+            grads = iter(torch.autograd.grad(result, wanted, grad_outputs, allow_unused=True))
+        return (None, None, *(next(grads) if x.requires_grad else None for x in inputs))
 
 
 class MAMLMixin:
@@ -112,9 +147,9 @@ class MAMLMixin:
                 with each batch's own statistics and never touches running statistics; ``"task"`` starts fresh
                 running statistics for every task, updates them on the support batches and scores the query set
                 with them; ``"frozen"`` uses the module's running statistics throughout and never updates them.
-            checkpoint_segments: cut the unrolled inner loop into this many gradient-checkpointed segments
-                (``torch.utils.checkpoint``): memory grows with the segments rather than the steps, at the cost of
-                recomputing each segment's forward pass in the backward pass. 0 or 1: no checkpointing.
+            checkpoint_segments: cut the second-order unroll into this many gradient-checkpointed segments
+                (:class:`CheckpointedSegment`): memory holds one segment's graph plus each segment's inputs instead
+                of the whole unroll's graph, at the cost of running every inner step twice. 0 or 1: none.
         """
         if inner_steps is not None and inner_steps < 1:
             raise ValueError(f"configure_maml: inner_steps must be >= 1 or None, got {inner_steps}")
@@ -176,34 +211,39 @@ class MAMLMixin:
             )
         second_order = (not settings.first_order) if create_graph is None else create_graph
         module = self._as_module()
-        params = dict(module.named_parameters())
         names = settings.adapted
-        lrs = params.get(LEARNED_LRS)
+        params = dict(module.named_parameters())
+        # Everything else the inner loop depends on differentiably: the other parameters and the learned rates.
+        other_names = [n for n, p in params.items() if p.requires_grad and n not in names]
         first_loss: list[Tensor] = []
 
-        def run(start: int, stop: int, *tensors: Tensor) -> tuple[Tensor, ...]:
-            for step in range(start, stop):
-                batch = step % support_inputs.shape[0]
-                outputs = functional_call(module, {**buffers, **dict(zip(names, tensors))}, (support_inputs[batch],))
-                loss = self.task_loss(outputs, support_targets[batch])
-                if step == 0:
-                    first_loss.append(loss.detach())
-                grads = torch.autograd.grad(loss, tensors, create_graph=second_order, allow_unused=True)
-                tensors = tuple(
-                    t if g is None else t - (settings.inner_lr if lrs is None else lrs[step, i]) * g
-                    for i, (t, g) in enumerate(zip(tensors, grads))
-                )
-            return tensors
+        def run(start: int, stop: int, graph: bool, *tensors: Tensor) -> tuple[Tensor, ...]:
+            """Inner steps ``start..stop-1`` from ``tensors`` = adapted tensors, then the other names' tensors."""
+            adapted, others = tensors[: len(names)], dict(zip(other_names, tensors[len(names) :]))
+            lrs = others.get(LEARNED_LRS)
+            with self._batch_norm(training=True):
+                for step in range(start, stop):
+                    batch = step % support_inputs.shape[0]
+                    weights = {**buffers, **others, **dict(zip(names, adapted))}
+                    loss = self.task_loss(functional_call(module, weights, (support_inputs[batch],)), support_targets[batch])
+                    if step == 0 and not first_loss:
+                        first_loss.append(loss.detach())
+                    grads = torch.autograd.grad(loss, adapted, create_graph=graph, allow_unused=True)
+                    adapted = tuple(
+                        t if g is None else t - (settings.inner_lr if lrs is None else lrs[step, i]) * g
+                        for i, (t, g) in enumerate(zip(adapted, grads))
+                    )
+            return adapted
 
         tensors = tuple(params[n] for n in names)
+        others = tuple(params[n] for n in other_names)
         segments = max(1, min(settings.checkpoint_segments, steps))
         bounds = [round(steps * k / segments) for k in range(segments + 1)]
-        with self._batch_norm(training=True):
-            for start, stop in zip(bounds, bounds[1:]):
-                if segments > 1 and second_order:
-                    tensors = checkpoint(run, start, stop, *tensors, use_reentrant=False)
-                else:
-                    tensors = run(start, stop, *tensors)
+        for start, stop in zip(bounds, bounds[1:]):
+            if segments > 1 and second_order:
+                tensors = CheckpointedSegment.apply(partial(run, start, stop), len(names), *tensors, *others)
+            else:
+                tensors = run(start, stop, second_order, *tensors, *others)
         return dict(zip(names, tensors)), first_loss[0]
 
     def _task_buffers(self) -> dict[str, Tensor]:
