@@ -11,7 +11,7 @@ TINY = ["--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps
 
 
 def sweep(out, glyph_root):
-    command = [sys.executable, str(ROOT / "recipes" / "omniglot" / "sweep.py"), "--methods", "scratch", "leap",
+    command = [sys.executable, str(ROOT / "recipes" / "omniglot" / "sweep.py"), "--methods", "scratch", "maml", "leap",
                "--alphabets", "1", "2", "--seeds", "0", "--out", str(out), "--",
                f"--data.family.init_args.root={glyph_root}", *TINY]
     return subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
@@ -20,14 +20,16 @@ def sweep(out, glyph_root):
 def test_sweep_writes_a_row_per_cell_and_resumes(tmp_path, glyph_root):
     first = sweep(tmp_path, glyph_root)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert sorted((r["method"], r["alphabets"]) for r in rows) == [("leap", "1"), ("leap", "2"), ("scratch", "1"), ("scratch", "2")]
+    cells = [(m, n) for m in ("leap", "maml", "scratch") for n in ("1", "2")]
+    assert sorted((r["method"], r["alphabets"]) for r in rows) == cells
     assert all(0.0 <= float(r["train_error_auc"]) <= 1.0 for r in rows)
     assert [r["meta_steps"] for r in rows if r["method"] == "leap"] == ["1", "1"]  # 4 steps = 2 tasks of 2 = 1 meta-step
-    assert "4 to run" in first and "| leap | 2 | 1 |" in first
+    assert [r["meta_steps"] for r in rows if r["method"] == "maml"] == ["4", "4"]  # one training step per meta-step
+    assert "6 to run" in first and "| leap | 2 | 1 |" in first and "| maml | 1 | 1 |" in first
     assert (tmp_path / "auc_vs_alphabets.png").stat().st_size > 10_000
     second = sweep(tmp_path, glyph_root)  # resumable: every cell is already there
     assert "0 to run" in second
-    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 4
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 6
 
 
 def test_wandb_logger_runs_offline_without_a_key(tmp_path, glyph_root):

@@ -84,7 +84,7 @@ class TaskDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        tasks_per_epoch = tasks_per_epoch or meta_batch_size or 10
+        tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size)
         sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "batch_size": batch_size}
         for name, value in {**sizes, "tasks_per_epoch": tasks_per_epoch}.items():
             if value is not None and value < 1:
@@ -98,6 +98,11 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._train_tasks: list[Task] | None = None
+
+    @staticmethod
+    def default_tasks_per_epoch(meta_batch_size: int | None) -> int:
+        """One meta-batch (10 tasks without one)."""
+        return meta_batch_size or 10
 
     def prepare_data(self) -> None:
         self.family.prepare_data()

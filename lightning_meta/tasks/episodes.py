@@ -134,7 +134,8 @@ class EpisodeDataModule(TaskDataModule):
         inner_steps: steps on held-out tasks in :class:`~lightning_meta.MetaEvaluation`, and the default number
             of support batches.
         meta_batch_size: episodes per batch (default 1); gradient accumulation groups several batches.
-        tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches); validation runs at epoch ends.
+        tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches; default 10 batches); validation
+            runs at epoch ends.
         support_batches: support batches per episode; 1 gives the classic few-shot episode whose single support
             batch is reused at every inner step. Default: the inner steps of the Trainer's MAML module when it fixes
             them (:meth:`~lightning_meta.mixins.MAMLMixin.configure_maml`), else ``inner_steps``.
@@ -160,6 +161,11 @@ class EpisodeDataModule(TaskDataModule):
             return self.support_batches
         model = self.trainer.lightning_module if self.trainer is not None else None
         return getattr(getattr(model, "maml", None), "inner_steps", None) or self.inner_steps
+
+    @staticmethod
+    def default_tasks_per_epoch(meta_batch_size: int | None) -> int:
+        """10 batches: validation (at epoch ends) every 10 meta-steps."""
+        return 10 * (meta_batch_size or 1)
 
     @property
     def tasks_per_batch(self) -> int:

@@ -32,16 +32,18 @@ from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
 
 HERE = Path(__file__).parent
-METHODS = ("scratch", "finetune", "reptile", "leap")
+METHODS = ("scratch", "finetune", "fomaml", "maml", "reptile", "leap")
+EPISODIC = ("fomaml", "maml")  # one training step is one meta-step
 FIELDS = ("method", "alphabets", "seed", "train_error_auc", "train_loss_auc", "final_train_loss", "test_accuracy",
           "meta_steps", "seconds")
 QUICK = [  # 2 CPU cores: a narrower net, 10 inner steps, meta-batch 5, 20 meta-steps, no augmentation
     "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--trainer.max_steps=1000",
     "--data.augment=false",
 ]
+QUICK_EPISODIC = ["--trainer.max_steps=20"]  # the same 20 meta-steps
 
 
-def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str]) -> dict[str, object]:
+def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str], quick: bool) -> dict[str, object]:
     """One ``lightning-meta fit`` run; returns its CSV row."""
     folder = out / "runs" / f"{method}-{alphabets}-{seed}"
     args = [
@@ -50,6 +52,8 @@ def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str]
         f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         *([f"--model.init_args.num_heads={alphabets}"] if method == "finetune" else []),
+        *(QUICK if quick else []),
+        *(QUICK_EPISODIC if quick and method in EPISODIC else []),
         *extra,
     ]
     start = time.perf_counter()
@@ -57,8 +61,9 @@ def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str]
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, MetaEvaluation))  # type: ignore[attr-defined]
     meta = next((c for c in cli.trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
     summary = evaluation.history[-1][1].summary()
+    meta_steps = meta.meta_steps if meta else cli.trainer.global_step if method in EPISODIC else 0
     return {"method": method, "alphabets": alphabets, "seed": seed, **summary,
-            "meta_steps": meta.meta_steps if meta else 0, "seconds": round(time.perf_counter() - start, 1)}
+            "meta_steps": meta_steps, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -110,7 +115,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         extra = extra[1:]
     if args.alphabets is None:
         args.alphabets = [1, 5, 25] if args.quick else [1, 3, 5, 10, 15, 20, 25]
-    return args, (QUICK if args.quick else []) + extra
+    return args, extra
 
 
 def main() -> None:
@@ -122,7 +127,7 @@ def main() -> None:
     todo = [] if args.report_only else [cell for cell in cells if cell not in done]
     print(f"sweep: {len(cells)} cells, {len(cells) - len(todo)} already in {results}, {len(todo)} to run")
     for index, (method, alphabets, seed) in enumerate(todo, 1):
-        row = run_cell(method, alphabets, seed, args.out, extra)
+        row = run_cell(method, alphabets, seed, args.out, extra, args.quick)
         new_file = not results.exists()
         with open(results, "a", newline="") as handle:
             writer = csv.DictWriter(handle, FIELDS)
