@@ -16,8 +16,15 @@ class ToyFamily(TaskFamily):
     """Tasks of 4x4 grey images labelled by a random linear teacher of each task: learnable and cheap."""
 
     def __init__(
-        self, num_tasks: int = 6, samples: int = 60, classes: int = 3, seed: int = 0, same_teacher: bool = False
+        self,
+        num_tasks: int = 6,
+        samples: int = 60,
+        classes: int = 3,
+        seed: int = 0,
+        same_teacher: bool = False,
+        held_out: int = 1,
     ) -> None:
+        self.held_out = held_out  # tasks in each of "val" and "test"
         generator = torch.Generator().manual_seed(seed)
         shared = torch.randn(16, classes, generator=generator)
         self._tasks: list[Task] = []
@@ -30,8 +37,8 @@ class ToyFamily(TaskFamily):
 
     def tasks(self, split):
         self._check_split(split)
-        n = len(self._tasks)
-        return {"train": self._tasks[: n - 2], "val": self._tasks[n - 2 : n - 1], "test": self._tasks[n - 1 :]}[split]
+        n, k = len(self._tasks), self.held_out
+        return {"train": self._tasks[: n - 2 * k], "val": self._tasks[n - 2 * k : n - k], "test": self._tasks[n - k :]}[split]
 
 
 class TinyClassifier(L.LightningModule):

@@ -1,6 +1,7 @@
 """Behaviour of the MetaInit machinery shared by Leap and Reptile, checked against plain loops and invariants."""
 
 import gc
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -231,8 +232,14 @@ def test_misconfiguration_fails_with_a_message(model, callback, data, message):
 
 
 def test_unsupported_strategy_fails_at_setup():
-    trainer = L.Trainer(accelerator="cpu", devices=1, strategy="ddp", max_steps=2, callbacks=[Leap()], logger=False)
-    with pytest.raises(MisconfigurationException, match="does not support the DDPStrategy"):
+    trainer = SimpleNamespace(strategy=object(), datamodule=None)
+    with pytest.raises(MisconfigurationException, match="supports a single device and DDP"):
+        Leap(inner_steps=2).setup(trainer, TinyClassifier(), "fit")
+
+
+def test_ddp_without_use_distributed_sampler_false_is_named():
+    trainer = make_trainer([Leap()], max_steps=2, strategy="ddp")
+    with pytest.raises(MisconfigurationException, match="use_distributed_sampler=False"):
         trainer.fit(TinyClassifier(), datamodule=toy_data())
 
 

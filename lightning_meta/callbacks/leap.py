@@ -114,6 +114,7 @@ class Leap(MetaInit):
     def on_inner_step(self, trainer: L.Trainer, live: list[Tensor], grads: list[Tensor]) -> None:
         loss, self._step_loss = self._step_loss, None
         assert loss is not None, "on_before_backward did not run before the optimizer step"
+        loss = self.global_loss(trainer, loss)
         if self._previous_loss is not None:
             self._add_segment(live, loss)
         torch._foreach_copy_(self._views["_previous"], live)
@@ -148,6 +149,7 @@ class Leap(MetaInit):
         if self.loss:
             with trainer.precision_plugin.train_step_context(), _side_effect_free(pl_module):
                 final_loss = training_loss(pl_module.training_step(batch, batch_idx)).detach().float()
+            final_loss = self.global_loss(trainer, final_loss)
         self._add_segment(self._live, final_loss)
         pl_module.log("leap/path_length", self._path_length, on_step=True, on_epoch=False)  # type: ignore[arg-type]
         self._accumulator.neg_()

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -87,19 +88,24 @@ def adapt(
     batch_size: int,
     seed: int,
     batch_statistics: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
     The held-out accuracy uses the module in training mode (BatchNorm with the statistics of the held-out batch)
-    when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps).
+    when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps). Task ``i`` is
+    seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
+    which other tasks are evaluated with it.
     """
+    if not tasks:  # e.g. a process of a DDP run with more processes than tasks
+        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), torch.empty(0))
     device = pl_module.device
     model = copy.deepcopy(pl_module)
     hook = _LogitsHook(model)
     losses, errors, accuracies = [], [], []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), muted_logging(model):
-        for index, task in enumerate(tasks):
+        for index, task in zip(indices if indices is not None else range(len(tasks)), tasks):
             torch.manual_seed(seed + index)
             model.load_state_dict(state)
             model.train()
@@ -208,39 +214,61 @@ class MetaEvaluation(L.Callback):
         """The final evaluation, also when fit trains no step at all (``max_steps=0``: a no-pre-training baseline)."""
         if not self.history or self.history[-1][0] != self._meta_step(trainer):
             self.evaluate(trainer, pl_module)
+        path = self._plot_path(trainer)  # on every process: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self.plot(trainer)
+            self.plot(trainer, path)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> HeldOutCurves:
         """Evaluate theta_0 now; log the summary to the Trainer's loggers and keep the curves in ``history``."""
         meta = self._meta
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
         if self.initial is None and self._initial_state is not None:
-            self.initial = self._adapt(pl_module, self._initial_state)
+            self.initial = self._adapt(trainer, pl_module, self._initial_state)
             self._log(trainer, "initial", self.initial)
         step = self._meta_step(trainer)
         rank_zero_info(f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}")
-        curves = self._adapt(pl_module, state)
+        curves = self._adapt(trainer, pl_module, state)
         self.history.append((step, curves))
         self._log(trainer, "meta_init", curves)
         return curves
 
-    def _adapt(self, pl_module: L.LightningModule, state: dict[str, Tensor]) -> HeldOutCurves:
+    def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor]) -> HeldOutCurves:
+        """Under DDP, process ``r`` adapts tasks ``r, r + world_size, ...`` and the curves are gathered on all."""
         assert self.inner_steps is not None and self.batch_size is not None
-        return adapt(pl_module, state, self._tasks, self.inner_steps, self.batch_size, self.seed, self.batch_statistics)
+        world_size, rank = trainer.world_size, trainer.global_rank
+        indices = list(range(rank, len(self._tasks), world_size))
+        mine = adapt(
+            pl_module, state, [self._tasks[i] for i in indices], self.inner_steps, self.batch_size, self.seed,
+            self.batch_statistics, indices,
+        )
+        if world_size == 1:
+            return mine
+        return HeldOutCurves(*(self._gather(trainer, pl_module, part) for part in (mine.loss, mine.error, mine.test_accuracy)))
+
+    def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule, part: Tensor) -> Tensor:
+        """Rows of every process, back in task order (padded with NaN to the same count for the all-gather)."""
+        world_size, count = trainer.world_size, len(self._tasks)
+        rows = -(-count // world_size)
+        padded = torch.full((rows, *part.shape[1:]), float("nan"), device=pl_module.device)
+        padded[: part.shape[0]] = part.to(pl_module.device)
+        gathered = trainer.strategy.all_gather(padded)  # [world_size, rows, ...]: task r + i * world_size at [r, i]
+        return gathered.transpose(0, 1).reshape(rows * world_size, *part.shape[1:])[:count].cpu()
 
     def _log(self, trainer: L.Trainer, name: str, curves: HeldOutCurves) -> None:
         metrics = {f"meta_eval/{self.split}/{name}/{key}": value for key, value in curves.summary().items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
-    def plot(self, trainer: L.Trainer) -> Path:
+    def _plot_path(self, trainer: L.Trainer) -> Path:
+        return Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
+
+    def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
         label = "meta-learned init (meta-step {})" if self._meta else "weights after {} training steps"
         curves = {label.format(step): c for step, c in self.history[-3:]}
         if self.initial is not None:
             curves = {"initial weights": self.initial, **curves}
-        path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
+        path = path or self._plot_path(trainer)
         title = f"{len(self._tasks)} held-out {self.split} tasks"
         plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
         key = f"meta_eval/{self.split}/learning_curves"

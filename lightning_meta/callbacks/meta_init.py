@@ -14,18 +14,21 @@ Example:
 from __future__ import annotations
 
 import importlib
+import warnings
 from copy import deepcopy
+from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import TaskBatch
 from lightning_meta.utils import ParamFilter, parameter_filter
 
@@ -70,6 +73,13 @@ class MetaInit(L.Callback):
         save_init_as_weights: checkpoints store theta_0 as the model's ``state_dict`` (so ``load_from_checkpoint``
             returns the meta-learned init); the live weights of the running task go into the callback's state and
             are restored on resume. Applies to full checkpoints (not ``save_weights_only``).
+        parallel: under DDP, ``"tasks"`` (task-parallel): each process trains its own tasks of the meta-batch
+            (``meta_batch_size`` must be a multiple of the number of processes) with no gradient synchronisation
+            inside tasks, and the meta-gradients are summed over processes once per meta-step; ``"data"``
+            (data-parallel): all processes train the same task on shards of each batch (ordinary DDP) and compute
+            the same meta-step. Either way theta_0 is identical on every process. Needs
+            ``Trainer(use_distributed_sampler=False)`` with a :class:`TaskDataModule`, which then streams each
+            process its tasks or shards.
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class MetaInit(L.Callback):
         include: str | ParamFilter | None = None,
         buffers: Literal["reset", "keep"] = "reset",
         save_init_as_weights: bool = True,
+        parallel: Parallel = "tasks",
     ) -> None:
         if inner_steps is not None and inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
@@ -89,6 +100,8 @@ class MetaInit(L.Callback):
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
         if buffers not in ("reset", "keep"):
             raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
+        if parallel not in ("tasks", "data"):
+            raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
         self.meta_lr = meta_lr
@@ -97,6 +110,8 @@ class MetaInit(L.Callback):
         self.include = include
         self.buffers = buffers
         self.save_init_as_weights = save_init_as_weights
+        self.parallel: Parallel = parallel
+        self.schedule = TaskSchedule(inner_steps or 1)  # where tasks start and end on this process; built in setup
 
         self.names: list[str] = []
         self.init: list[torch.nn.Parameter] = []  # theta_0; its .grad accumulates the meta-batch's meta-gradient
@@ -112,6 +127,7 @@ class MetaInit(L.Callback):
         self._fresh_schedulers: list[dict[str, Any]] = []
         self._stepped = False
         self._pending: dict[str, Any] | None = None
+        self._saved_schedule: tuple[TaskSchedule, dict[str, int]] | None = None  # of a checkpoint being resumed
         self._suspended: list[Tensor] | None = None  # weights of a task cut short by the end of fit
 
     # ----------------------------------------------------------------- what a rule implements
@@ -146,10 +162,10 @@ class MetaInit(L.Callback):
                 f"{name} hooks Lightning's automatic optimisation; {type(pl_module).__name__} uses manual "
                 "optimisation. Set `self.automatic_optimization = True` or use the MAML mixin instead."
             )
-        if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise MisconfigurationException(
-                f"{name} does not support the {type(trainer.strategy).__name__} strategy yet; run on a single device "
-                "(Trainer(devices=1))."
+                f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
+                f"{type(trainer.strategy).__name__}."
             )
         datamodule = trainer.datamodule if isinstance(trainer.datamodule, TaskDataModule) else None
         self.inner_steps = self._agree("inner_steps", datamodule)
@@ -158,6 +174,14 @@ class MetaInit(L.Callback):
                 f"{name} needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule."
             )
         self.meta_batch_size = self._agree("meta_batch_size", datamodule) or 1
+        try:
+            self.schedule = TaskSchedule(
+                self.inner_steps, self.meta_batch_size, trainer.world_size, trainer.global_rank, self.parallel
+            )
+        except ValueError as error:
+            raise MisconfigurationException(f"{name}: {error}") from None
+        if datamodule is not None:
+            datamodule.schedule = self.schedule
         selected = self._select(pl_module)
         if not selected:
             raise MisconfigurationException(
@@ -195,13 +219,23 @@ class MetaInit(L.Callback):
         self._fresh_optimizer = [[{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups] for o in trainer.optimizers]
         self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
         if self._pending is not None:
-            self._apply_state(self._pending, pl_module)
+            self._apply_state(self._pending)
             self._pending = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._saved_schedule is not None:  # the loops' progress (global_step) is restored only now
+            self._resume_schedule(*self._saved_schedule, trainer.global_step)
+            self._saved_schedule = None
+            if isinstance(trainer.datamodule, TaskDataModule):
+                trainer.datamodule.schedule = self.schedule
+        if self.schedule.task_parallel:
+            # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
+            # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
+            trainer.strategy.model.require_backward_grad_sync = False  # type: ignore[union-attr]
 
     # ----------------------------------------------------------------- the loop
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        assert self.inner_steps is not None
-        task = trainer.global_step // self.inner_steps
+        task = self.schedule.task(trainer.global_step)
         if isinstance(batch, TaskBatch) and batch.task != task:
             raise RuntimeError(
                 f"The batch belongs to task {batch.task} of the stream but optimizer step {trainer.global_step} "
@@ -246,8 +280,7 @@ class MetaInit(L.Callback):
         if not self._stepped:  # a micro-batch inside a gradient-accumulation window
             return
         self._stepped = False
-        assert self.inner_steps is not None
-        if trainer.global_step % self.inner_steps == 0:
+        if self.schedule.ends_task(trainer.global_step):
             self._end_task(trainer, pl_module, batch, batch_idx)
 
     @torch.no_grad()
@@ -260,25 +293,38 @@ class MetaInit(L.Callback):
             if self.buffers == "keep":
                 self._buffer_start = {n: b.detach().clone() for n, b in self._live_buffers.items()}
         else:
-            rank_zero_warn(
+            message = (
                 f"{type(self).__name__}: task {self.active_task} diverged (non-finite loss or parameters); it is "
                 "dropped from the meta-batch and theta_0 is not affected by it."
-            )
-        if self.tasks_in_batch == self.meta_batch_size:
-            self._meta_step(pl_module)
+            )  # each process warns of its own tasks under task-parallel DDP
+            warnings.warn(message) if self.schedule.task_parallel else rank_zero_warn(message)
+        if self.tasks_in_batch == self.schedule.tasks_per_process:
+            self._meta_step(trainer, pl_module)
 
-    def _meta_step(self, pl_module: L.LightningModule) -> None:
+    def _meta_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.meta_optimizer is not None
         grads = [p.grad for p in self.init]
-        if self.tasks_kept:
-            torch._foreach_div_(grads, float(self.tasks_kept))  # type: ignore[arg-type]
+        kept, tasks = self.tasks_kept, self.tasks_in_batch
+        if self.schedule.task_parallel:  # one all-reduce: every process's meta-gradient sum and count of kept tasks
+            flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([float(kept)], device=grads[0].device)])
+            flat = trainer.strategy.reduce(flat, reduce_op="sum")
+            torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat[:-1].split([g.numel() for g in grads]), grads)])
+            kept, tasks = int(flat[-1].item()), self.meta_batch_size
+        if kept:
+            torch._foreach_div_(grads, float(kept))  # type: ignore[arg-type]
             self.meta_optimizer.step()
             self.meta_steps += 1
         else:
             rank_zero_warn(f"{type(self).__name__}: every task of the meta-batch diverged; theta_0 is unchanged.")
         torch._foreach_zero_(grads)  # type: ignore[arg-type]
-        pl_module.log("meta/tasks_dropped", float(self.tasks_in_batch - self.tasks_kept), on_step=True, on_epoch=False)
+        pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
         self.tasks_in_batch = self.tasks_kept = 0
+
+    def global_loss(self, trainer: L.Trainer, loss: Tensor) -> Tensor:
+        """A step's loss as the whole batch sees it: the mean over processes under data-parallel DDP."""
+        if self.schedule.parallel == "data" and self.schedule.world_size > 1:
+            return trainer.strategy.reduce(loss.clone(), reduce_op="mean")
+        return loss
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -299,6 +345,7 @@ class MetaInit(L.Callback):
             "buffer_start": self._buffer_start,
             "task_params": self._suspended or [p.detach().clone() for p in self._live],
             "task_buffers": {n: b.detach().clone() for n, b in self._live_buffers.items()},
+            "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
             "counters": {
                 "meta_steps": self.meta_steps,
                 "tasks_in_batch": self.tasks_in_batch,
@@ -317,9 +364,40 @@ class MetaInit(L.Callback):
             )
         self._pending = state_dict
 
+    def _resume_schedule(self, saved: TaskSchedule, counters: dict[str, int], step: int) -> None:
+        """Continue the stream where the saved run stopped, on any number of processes.
+
+        A task-parallel run on several processes keeps a partial meta-batch per process, but only rank 0's is in
+        the checkpoint: such a run resumes from checkpoints at meta-step boundaries only.
+        """
+        at_boundary = counters["tasks_in_batch"] == 0 and saved.ends_task(step)
+        if saved.task_parallel and not at_boundary:
+            raise MisconfigurationException(
+                f"{type(self).__name__}: this checkpoint was saved in the middle of a meta-batch by a task-parallel "
+                f"run on {saved.world_size} processes, whose other processes' partial tasks it does not hold. Resume "
+                f"from a checkpoint at a meta-step boundary (ModelCheckpoint(every_n_train_steps=a multiple of "
+                f"{saved.inner_steps * saved.tasks_per_process}))."
+            )
+        same = (saved.world_size, saved.parallel) == (self.schedule.world_size, self.schedule.parallel)
+        if same or not (saved.task_parallel or self.schedule.task_parallel):
+            origin = (saved.origin_step, saved.origin_task)
+        elif at_boundary:
+            first = TaskSchedule(saved.inner_steps, saved.meta_batch_size, saved.world_size, 0, saved.parallel,
+                                 saved.origin_step, saved.origin_task)
+            origin = (step, first.task(step))  # rank 0's next task is the first task of the next meta-batch
+        else:
+            raise MisconfigurationException(
+                f"{type(self).__name__}: a run saved in the middle of a meta-batch resumes on the same number of "
+                f"processes only ({saved.world_size}, now {self.schedule.world_size}); resume from a checkpoint at "
+                "a meta-step boundary."
+            )
+        s = self.schedule
+        self.schedule = TaskSchedule(s.inner_steps, s.meta_batch_size, s.world_size, s.rank, s.parallel, *origin)
+
     @torch.no_grad()
-    def _apply_state(self, state: dict[str, Any], pl_module: L.LightningModule) -> None:
+    def _apply_state(self, state: dict[str, Any]) -> None:
         assert self.meta_optimizer is not None
+        self._saved_schedule = (TaskSchedule(**state["schedule"]), state["counters"])
         torch._foreach_copy_([p.data for p in self.init], state["init"])
         torch._foreach_copy_([p.grad for p in self.init], state["meta_grad"])  # type: ignore[misc]
         torch._foreach_copy_(self._live, state["task_params"])

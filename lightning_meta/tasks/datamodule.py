@@ -20,11 +20,13 @@ from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lightning_meta.tasks.family import Split, Task, TaskFamily
+from lightning_meta.tasks.schedule import TaskSchedule
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 
 
@@ -98,6 +100,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._train_tasks: list[Task] | None = None
+        self.schedule: TaskSchedule | None = None  # set by a meta-learning callback; see :meth:`task_schedule`
 
     @staticmethod
     def default_tasks_per_epoch(meta_batch_size: int | None) -> int:
@@ -117,6 +120,27 @@ class TaskDataModule(L.LightningDataModule):
         """The family's tasks of a split (meta-evaluation callbacks use ``"val"`` and ``"test"``)."""
         return self.family.tasks(split)
 
+    def _processes(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the Trainer (``(1, 0)`` without one)."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def task_schedule(self) -> TaskSchedule:
+        """The schedule a meta-learning callback installed, else data-parallel: every process trains the same
+        task on its shard of each batch (ordinary DDP)."""
+        if self.schedule is not None:
+            return self.schedule
+        world_size, rank = self._processes()
+        return TaskSchedule(self.inner_steps, self.meta_batch_size or 1, world_size, rank, parallel="data")
+
+    def _check_distributed(self) -> None:
+        connector = getattr(self.trainer, "_accelerator_connector", None)  # what Lightning's own check reads
+        if getattr(connector, "is_distributed", False) and getattr(connector, "use_distributed_sampler", False):
+            raise MisconfigurationException(
+                f"{type(self).__name__} splits its stream between the processes itself: pass "
+                "Trainer(use_distributed_sampler=False) (--trainer.use_distributed_sampler=false)."
+            )
+
     def _accumulation(self) -> int:
         trainer = self.trainer
         return 1 if trainer is None else trainer.accumulate_grad_batches
@@ -129,17 +153,32 @@ class TaskDataModule(L.LightningDataModule):
         """The sampler of the training stream; ``task_index(n)`` says which task the n-th task of the stream is."""
         self.setup("fit")
         assert self._train_tasks is not None
+        schedule, accumulation = self.task_schedule(), self._accumulation()
+        if schedule.parallel == "data" and self.batch_size % schedule.world_size:
+            raise MisconfigurationException(
+                f"data-parallel training shards each batch over the processes: batch_size={self.batch_size} is not a "
+                f"multiple of world_size={schedule.world_size}"
+            )
+
+        def locate(batch: int) -> tuple[int, int]:
+            now = self.task_schedule()  # read at every batch: a resumed callback moves its origin after this point
+            step, micro = divmod(batch, accumulation)
+            return now.task(step), (step - now.origin_step) % now.inner_steps * accumulation + micro
+
         return TaskBatchSampler(
             [len(task.train) for task in self._train_tasks],
             batch_size=self.batch_size,
-            batches_per_task=self.inner_steps * self._accumulation(),
+            batches_per_task=self.inner_steps * accumulation,
             tasks_per_epoch=self.tasks_per_epoch,
             seed=self.seed,
             position=self._consumed_batches,
+            locate=locate,
+            shard=(schedule.rank, schedule.world_size) if schedule.parallel == "data" else (0, 1),
         )
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        self._check_distributed()
         assert self._train_tasks is not None
         dataset = TaskStreamDataset(self._train_tasks, random_affine() if self.augment else None)
         return DataLoader(

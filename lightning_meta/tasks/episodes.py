@@ -103,18 +103,35 @@ def collate_episodes(episodes: list[dict[str, Any]]) -> EpisodeBatch:
 
 
 class EpisodeBatchSampler(Sampler[list[int]]):
-    """Batch ``n`` holds the tasks ``n * tasks_per_batch ...`` of the stream, from the batch ``position()`` names on.
+    """Batch ``n`` holds the tasks ``n * tasks_per_batch ...`` of the stream, from the batch ``position()`` names on;
+    under DDP each process gets its own consecutive share of them.
 
     Args:
-        tasks_per_batch: episodes per batch.
+        tasks_per_batch: episodes per batch, over all processes.
         batches_per_epoch: ``len(sampler)``; iteration stops at the end of the current epoch.
         position: batches already consumed (e.g. from ``trainer.global_step``), so a resumed run continues there.
+        shard: ``(rank, world_size)``: this process takes tasks ``rank * share ... (rank + 1) * share - 1`` of each
+            batch, ``share = tasks_per_batch / world_size``.
     """
 
-    def __init__(self, tasks_per_batch: int, batches_per_epoch: int, position: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        tasks_per_batch: int,
+        batches_per_epoch: int,
+        position: Callable[[], int] = lambda: 0,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        rank, world_size = shard
+        if tasks_per_batch % world_size:
+            raise ValueError(
+                f"each batch's {tasks_per_batch} episodes are split evenly over the {world_size} processes: choose a "
+                "meta_batch_size that is a multiple of the number of processes"
+            )
         self.tasks_per_batch = tasks_per_batch
         self.batches_per_epoch = batches_per_epoch
         self.position = position
+        self.share = tasks_per_batch // world_size
+        self.offset = rank * self.share
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -122,7 +139,8 @@ class EpisodeBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         start = self.position()
         for batch in range(start, (start // len(self) + 1) * len(self)):
-            yield list(range(batch * self.tasks_per_batch, (batch + 1) * self.tasks_per_batch))
+            first = batch * self.tasks_per_batch + self.offset
+            yield list(range(first, first + self.share))
 
 
 class EpisodeDataModule(TaskDataModule):
@@ -133,7 +151,8 @@ class EpisodeDataModule(TaskDataModule):
     Args:
         inner_steps: steps on held-out tasks in :class:`~lightning_meta.MetaEvaluation`, and the default number
             of support batches.
-        meta_batch_size: episodes per batch (default 1); gradient accumulation groups several batches.
+        meta_batch_size: episodes per batch (default 1), over all processes: under DDP each process takes an
+            equal share and DDP averages their gradients; gradient accumulation groups several batches.
         tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches; default 10 batches); validation
             runs at epoch ends.
         support_batches: support batches per episode; 1 gives the classic few-shot episode whose single support
@@ -178,11 +197,14 @@ class EpisodeDataModule(TaskDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        self._check_distributed()
         assert self._train_tasks is not None
         batches = -(-self.tasks_per_epoch // self.tasks_per_batch)
+        world_size, rank = self._processes()
+        sampler = EpisodeBatchSampler(self.tasks_per_batch, batches, self._consumed_batches, shard=(rank, world_size))
         return DataLoader(
             self._episodes(self._train_tasks, self.seed, self.augment),
-            batch_sampler=EpisodeBatchSampler(self.tasks_per_batch, batches, position=self._consumed_batches),
+            batch_sampler=sampler,
             collate_fn=collate_episodes,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -99,6 +99,10 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         seed: seed of the task order, the sample order and the augmentation.
         position: returns the number of micro-batches already consumed (e.g. from ``trainer.global_step``);
             iteration resumes there and stops at the end of that position's epoch.
+        locate: maps micro-batch ``n`` to ``(stream task, index of the batch within the task)``; the default,
+            ``divmod(n, batches_per_task)``, is one process training the stream in order (see
+            :class:`~lightning_meta.tasks.schedule.TaskSchedule` for several).
+        shard: ``(rank, world_size)``: yield only the samples ``rank::world_size`` of each batch (data-parallel).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         tasks_per_epoch: int,
         seed: int,
         position: Callable[[], int] = lambda: 0,
+        locate: Callable[[int], tuple[int, int]] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not task_sizes or min(task_sizes) < 1:
             raise ValueError(f"every task needs at least one training sample, got sizes {list(task_sizes)}")
@@ -118,6 +124,8 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         self.tasks_per_epoch = tasks_per_epoch
         self.seed = seed
         self.position = position
+        self.locate = locate or (lambda n: divmod(n, batches_per_task))
+        self.shard = shard
 
     def __len__(self) -> int:
         return self.tasks_per_epoch * self.batches_per_task
@@ -142,10 +150,9 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
     def __iter__(self) -> Iterator[list[SampleKey]]:
         start = self.position()
         end = (start // len(self) + 1) * len(self)
-        stream_task, offset = divmod(start, self.batches_per_task)
+        rank, world_size = self.shard
         while start < end:
-            batches = self.task_batches(stream_task)[offset:]
-            for batch in batches[: end - start]:
-                yield batch
-            start += len(batches)
-            stream_task, offset = stream_task + 1, 0
+            stream_task, offset = self.locate(start)
+            for batch in self.task_batches(stream_task)[offset:][: end - start]:
+                yield batch[rank::world_size]
+                start += 1

@@ -40,7 +40,7 @@ QUICK = [  # 2 CPU cores: a narrower net, 10 inner steps, meta-batch 5, 20 meta-
     "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--trainer.max_steps=1000",
     "--data.augment=false",
 ]
-QUICK_EPISODIC = ["--trainer.max_steps=20"]  # the same 20 meta-steps
+QUICK_EPISODIC = ["--trainer.max_steps=20", "--trainer.limit_val_batches=0"]  # the same 20 meta-steps
 
 
 def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str], quick: bool) -> dict[str, object]:

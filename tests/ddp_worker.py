@@ -1,0 +1,95 @@
+"""One meta-training run for the DDP tests, launched as ``python tests/ddp_worker.py SPEC.json``.
+
+With ``devices > 1`` Lightning's own DDP launcher starts the other processes by running this script again (gloo on
+CPU). Rank 0 writes ``result.pt``: the meta-learned init as a flat float64 vector, the theta_0 checksum of every
+process (gathered) and what the callbacks counted. The spec is a JSON object:
+
+    method: "leap" | "reptile" | "maml"; parallel: "tasks" | "data"; devices; meta_batch_size; inner_steps;
+    meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
+    end); checkpoint_every (save checkpoints every n steps into out/checkpoints); resume (a checkpoint to resume
+    from); out (a folder).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import TinyClassifier, ToyFamily  # noqa: E402
+
+from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
+from lightning_meta.mixins import MAMLMixin  # noqa: E402
+from lightning_meta.tasks import EpisodeDataModule, TaskDataModule  # noqa: E402
+
+
+class NaNOnTask(TinyClassifier):
+    """A TinyClassifier whose loss is NaN on one task of the stream."""
+
+    def __init__(self, nan_task: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_task = nan_task
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        poisoned = self.nan_task is not None and getattr(batch, "task", None) == self.nan_task
+        return loss * float("nan") if poisoned else loss
+
+
+class TinyMAML(MAMLMixin, TinyClassifier):
+    def __init__(self, inner_steps: int) -> None:
+        super().__init__(lr=0.5)
+        self.configure_maml(inner_steps=inner_steps, inner_lr=0.4)
+
+
+def main(spec: dict) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = Path(spec["out"])
+    family = ToyFamily(num_tasks=12, held_out=3)
+    size = dict(inner_steps=spec["inner_steps"], meta_batch_size=spec["meta_batch_size"], batch_size=spec["batch_size"])
+    callbacks: list[L.Callback] = []
+    if spec["method"] == "maml":
+        model: L.LightningModule = TinyMAML(spec["inner_steps"])
+        data: L.LightningDataModule = EpisodeDataModule(family, query_size=8, **size)
+        max_steps = spec["meta_steps"]
+    else:
+        model = NaNOnTask(nan_task=spec.get("nan_task"))
+        data = TaskDataModule(family, **size)
+        rule = Leap if spec["method"] == "leap" else Reptile
+        callbacks.append(rule(meta_lr=0.5, parallel=spec["parallel"]))
+        tasks_per_process = spec["meta_batch_size"] // (spec["devices"] if spec["parallel"] == "tasks" else 1)
+        max_steps = spec["meta_steps"] * spec["inner_steps"] * tasks_per_process
+    if spec.get("evaluate"):
+        callbacks.append(MetaEvaluation(split="test", inner_steps=4, baseline=False))
+    if spec.get("checkpoint_every"):
+        every = spec["checkpoint_every"]
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", every_n_train_steps=every, save_top_k=-1))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",
+        use_distributed_sampler=False, max_steps=max_steps, callbacks=callbacks, logger=False,
+        enable_checkpointing=bool(spec.get("checkpoint_every")), enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, default_root_dir=out,
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=spec.get("resume"))
+    meta = next((c for c in callbacks if isinstance(c, (Leap, Reptile))), None)
+    init = torch.cat([p.detach().double().flatten() for p in (meta.init if meta else model.parameters())])
+    checksums = trainer.strategy.all_gather(init.sum().float().reshape(1)).flatten().tolist()
+    evaluation = next((c for c in callbacks if isinstance(c, MetaEvaluation)), None)
+    if trainer.is_global_zero:
+        torch.save({
+            "init": init,
+            "checksums": checksums,
+            "meta_steps": meta.meta_steps if meta else trainer.global_step,
+            "global_step": trainer.global_step,
+            "evaluation": evaluation.history[-1][1] if evaluation else None,
+        }, out / "result.pt")
+
+
+if __name__ == "__main__":
+    main(json.loads(Path(sys.argv[1]).read_text()))

@@ -1,0 +1,83 @@
+"""Meta-learning under Lightning's DDP with 2 CPU processes (gloo) equals the single-process run on the same tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).parent / "ddp_worker.py"
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def run(tmp_path: Path, name: str, **spec) -> dict:
+    out = tmp_path / name
+    out.mkdir()
+    spec = {"parallel": "tasks", "inner_steps": 3, "meta_batch_size": 4, "meta_steps": 2, "batch_size": 6,
+            "nan_task": None, **spec, "out": str(out)}
+    (out / "spec.json").write_text(json.dumps(spec))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, str(WORKER), str(out / "spec.json")], capture_output=True, text=True,
+                             env=environment, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = torch.load(out / "result.pt", weights_only=False)
+    result["log"] = process.stderr
+    return result
+
+
+def assert_same_init(two: dict, one: dict) -> None:
+    assert len(set(two["checksums"])) == 1, f"theta_0 differs between the processes: {two['checksums']}"
+    assert two["meta_steps"] == one["meta_steps"]
+    torch.testing.assert_close(two["init"], one["init"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["leap", "reptile"])
+def test_task_parallel_two_processes_equal_one_process_on_the_same_tasks(method, tmp_path):
+    two = run(tmp_path, "two", method=method, devices=2)
+    one = run(tmp_path, "one", method=method, devices=1)
+    assert two["global_step"] == 2 * 3 * 2 and one["global_step"] == 2 * 3 * 4  # each process: half the tasks
+    assert_same_init(two, one)
+
+
+def test_data_parallel_leap_shards_batches_and_equals_one_process(tmp_path):
+    two = run(tmp_path, "two", method="leap", parallel="data", devices=2, meta_batch_size=2)
+    one = run(tmp_path, "one", method="leap", parallel="data", devices=1, meta_batch_size=2)
+    assert two["global_step"] == one["global_step"] == 2 * 3 * 2
+    assert_same_init(two, one)
+
+
+def test_maml_tasks_spread_over_processes_give_the_single_process_gradient(tmp_path):
+    two = run(tmp_path, "two", method="maml", devices=2)
+    one = run(tmp_path, "one", method="maml", devices=1)
+    assert_same_init(two, one)
+
+
+def test_a_nan_task_on_one_process_is_dropped_on_all(tmp_path):
+    two = run(tmp_path, "two", method="leap", devices=2, nan_task=1)  # task 1 is process 1's first task
+    one = run(tmp_path, "one", method="leap", devices=1, nan_task=1)
+    assert "task 1 diverged" in two["log"] and "task 1 diverged" in one["log"]
+    assert_same_init(two, one)
+    clean = run(tmp_path, "clean", method="leap", devices=1)
+    assert not torch.allclose(clean["init"], one["init"])
+
+
+def test_meta_evaluation_splits_tasks_over_processes_and_gathers_them(tmp_path):
+    two = run(tmp_path, "two", method="reptile", devices=2, meta_steps=1, evaluate=True)
+    one = run(tmp_path, "one", method="reptile", devices=1, meta_steps=1, evaluate=True)
+    for part in ("loss", "error", "test_accuracy"):
+        torch.testing.assert_close(getattr(two["evaluation"], part), getattr(one["evaluation"], part), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
+    """Save at the first meta-step boundary on 2 processes, resume on 1: the same init as 1 process throughout."""
+    two = run(tmp_path, "two", method="leap", devices=2, meta_steps=1, checkpoint_every=6)
+    checkpoint = next((tmp_path / "two" / "checkpoints").glob("*step=6.ckpt"))
+    resumed = run(tmp_path, "resumed", method="leap", devices=1, meta_steps=2, resume=str(checkpoint))
+    straight = run(tmp_path, "straight", method="leap", devices=1, meta_steps=2)
+    assert two["meta_steps"] == 1 and resumed["meta_steps"] == straight["meta_steps"] == 2
+    torch.testing.assert_close(resumed["init"], straight["init"], rtol=1e-5, atol=1e-6)
