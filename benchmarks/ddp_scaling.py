@@ -122,7 +122,7 @@ def main() -> None:
     lines += [f"| {d * args.num_nodes} | {r:.3f} | {r / base:.2f} x |" for d, r in rates.items()]
     lines += [
         "",
-        f"Leap ({args.parallel}-parallel), ConvClassifier({args.channels} channels), {args.inner_steps} inner steps, "
+        f"Leap ({'task' if args.parallel == 'tasks' else 'data'}-parallel), ConvClassifier({args.channels} channels), {args.inner_steps} inner steps, "
         f"meta-batch {args.meta_batch_size}, batch 20, {args.meta_steps} meta-steps ({args.warmup} untimed); "
         f"{args.accelerator}, {os.cpu_count()} cores, torch {torch.__version__}, lightning {L.__version__}, "
         f"Python {platform.python_version()}",
