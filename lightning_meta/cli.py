@@ -51,5 +51,10 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     )
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console script: runs :func:`main` and exits with status 0 (``main`` returns the CLI object)."""
     main()
+
+
+if __name__ == "__main__":
+    command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
+RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
@@ -81,3 +83,24 @@ def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
     straight = run(tmp_path, "straight", method="leap", devices=1, meta_steps=2)
     assert two["meta_steps"] == 1 and resumed["meta_steps"] == straight["meta_steps"] == 2
     torch.testing.assert_close(resumed["init"], straight["init"], rtol=1e-5, atol=1e-6)
+
+
+def test_the_recipe_runs_on_two_processes_from_the_command_line(tmp_path, glyph_root):
+    """`lightning-meta fit ... --trainer.devices=2 --trainer.strategy=ddp`: Lightning relaunches the command."""
+    command = [
+        str(Path(sys.executable).with_name("lightning-meta")), "fit",
+        "--config", str(RECIPES / "leap.yaml"), "--config", str(RECIPES / "quick.yaml"),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+        f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=4",
+        "--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=4", "--model.init_args.channels=8",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "Starting with 2 processes" in process.stderr + process.stdout
+    run_folder = tmp_path / "lightning_logs" / "version_0"
+    header = next(csv.reader(open(run_folder / "metrics.csv")))
+    assert "meta_eval/test/meta_init/train_error_auc" in header
+    assert (run_folder / "meta_evaluation_test.png").exists()

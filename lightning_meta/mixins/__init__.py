@@ -1,5 +1,5 @@
 """LightningModule mixins for meta-learners with a differentiable inner loop."""
 
-from lightning_meta.mixins.maml import EpisodeBatch, MAMLMixin, MAMLResult
+from lightning_meta.mixins.maml import CheckpointedSegment, MAMLMixin, MAMLResult, MAMLSettings
 
-__all__ = ["EpisodeBatch", "MAMLMixin", "MAMLResult"]
+__all__ = ["CheckpointedSegment", "MAMLMixin", "MAMLResult", "MAMLSettings"]
