@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_meta.checkpointing import CheckpointedSegment
 from lightning_meta.tasks.episodes import EpisodeBatch
 from lightning_meta.utils import ParamFilter, parameter_filter
 
@@ -71,41 +72,6 @@ class MAMLResult:
     loss: Tensor
     accuracy: Tensor | None
     support_loss: Tensor
-
-
-class CheckpointedSegment(torch.autograd.Function):
-    """Gradient checkpointing of a stretch of the inner loop: only its inputs are kept for the backward pass.
-
-    The forward pass runs the steps without building a graph of the inner gradients (``graph=False``); the backward
-    pass recomputes them with the second-order graph and backpropagates through that one segment. Memory therefore
-    holds one segment's graph plus the inputs of every segment, instead of the graph of the whole unroll.
-    (``torch.utils.checkpoint`` does not fit here: the inner loop calls ``torch.autograd.grad`` inside the
-    checkpointed function, which makes its non-reentrant variant recompute and keep every saved tensor in the
-    forward pass, and its reentrant variant runs the function under ``no_grad``.)
-    The RNG state is restored for the recomputation, so dropout draws the same masks.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, run: Callable[..., tuple[Tensor, ...]], outputs: int, *inputs: Tensor) -> tuple[Tensor, ...]:
-        ctx.run, ctx.outputs = run, outputs
-        ctx.devices = sorted({x.device for x in inputs if x.is_cuda}, key=str)
-        ctx.rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in ctx.devices]
-        ctx.save_for_backward(*inputs)
-        with torch.enable_grad():
-            result = run(False, *[x.detach().requires_grad_(x.requires_grad) for x in inputs])
-        return tuple(t.detach() for t in result)
-
-    @staticmethod
-    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
-        with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
-            torch.set_rng_state(ctx.rng[0])
-            for device, state in zip(ctx.devices, ctx.rng[1]):
-                torch.cuda.set_rng_state(state, device)
-            result = ctx.run(True, *inputs)
-            wanted = [x for x in inputs if x.requires_grad]
-            grads = iter(torch.autograd.grad(result, wanted, grad_outputs, allow_unused=True))
-        return (None, None, *(next(grads) if x.requires_grad else None for x in inputs))
 
 
 class MAMLMixin:
@@ -241,7 +207,7 @@ class MAMLMixin:
         bounds = [round(steps * k / segments) for k in range(segments + 1)]
         for start, stop in zip(bounds, bounds[1:]):
             if segments > 1 and second_order:
-                tensors = CheckpointedSegment.apply(partial(run, start, stop), len(names), *tensors, *others)
+                tensors = CheckpointedSegment.apply(partial(run, start, stop), *tensors, *others)
             else:
                 tensors = run(start, stop, second_order, *tensors, *others)
         return dict(zip(names, tensors)), first_loss[0]
