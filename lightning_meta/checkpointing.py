@@ -58,6 +58,8 @@ class CheckpointedSegment(torch.autograd.Function):
             for device, state in zip(ctx.devices, ctx.rng[1]):
                 torch.cuda.set_rng_state(state, device)
             result = ctx.run(True, *inputs)
+            pairs = [(r, g) for r, g in zip(result, grad_outputs) if r.requires_grad]  # e.g. not a constant output
             wanted = [x for x in inputs if x.requires_grad]
-            grads = iter(torch.autograd.grad(result, wanted, grad_outputs, allow_unused=True))
+            outputs, grads_out = [r for r, _ in pairs], [g for _, g in pairs]
+            grads = iter(torch.autograd.grad(outputs, wanted, grads_out, allow_unused=True))
         return (None, *(next(grads) if x.requires_grad else None for x in inputs))

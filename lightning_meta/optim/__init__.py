@@ -1,0 +1,7 @@
+"""Learned optimizers: a coordinate-wise LSTM, its ``torch.optim`` facade and its unrolled meta-training."""
+
+from lightning_meta.optim.learned import LearnedOptimizer
+from lightning_meta.optim.lstm import CoordinatewiseLSTM, preprocess
+from lightning_meta.optim.unroll import UnrollState, unroll
+
+__all__ = ["CoordinatewiseLSTM", "LearnedOptimizer", "UnrollState", "preprocess", "unroll"]

@@ -1,0 +1,189 @@
+"""Learned optimizers against plain references: a hand-written unroll with torch.autograd.grad, a quadratic whose
+second-order term can be isolated, and the torch.optim facade stepping a real model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, preprocess, unroll
+
+
+def mse(out, y):
+    return (out - y).pow(2).mean()
+
+
+def setup(seed: int = 0, steps: int = 4, use_loss: bool = False):
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 2).double()
+    net = CoordinatewiseLSTM(hidden_size=6, output_scale=0.1, use_loss=use_loss).double()
+    inputs = torch.randn(steps + 1, 8, 3, dtype=torch.float64)
+    targets = torch.randn(steps + 1, 8, 2, dtype=torch.float64)
+    return model, net, inputs, targets
+
+
+def reference_meta_gradient(net, model, inputs, targets, steps, first_order):
+    """The unroll written out: explicit weight and bias tensors, the LSTM called directly, autograd.grad per step."""
+    w = model.weight.detach().clone().requires_grad_()
+    b = model.bias.detach().clone().requires_grad_()
+    sw, sb = net.initial_state(w.numel(), like=w), net.initial_state(b.numel(), like=b)
+    losses = []
+    for t in range(steps):
+        loss = mse(inputs[t] @ w.T + b, targets[t])
+        if t > 0:
+            losses.append(loss)
+        gw, gb = torch.autograd.grad(loss, (w, b), create_graph=not first_order, retain_graph=True)
+        if first_order:
+            gw, gb = gw.detach(), gb.detach()
+        uw, sw = net(gw, sw, loss=loss, parameter=w)
+        ub, sb = net(gb, sb, loss=loss, parameter=b)
+        w, b = w + uw, b + ub
+    losses.append(mse(inputs[steps] @ w.T + b, targets[steps]))
+    return torch.autograd.grad(torch.stack(losses).mean(), list(net.parameters()))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_of_a_3_step_unroll_matches_a_plain_loop(first_order):
+    model, net, inputs, targets = setup(steps=3, use_loss=True)
+    expected = reference_meta_gradient(net, model, inputs, targets, 3, first_order)
+    state = UnrollState.start(model, net)
+    _, meta_loss = unroll(net, model, mse, state, inputs, targets, 0, 3, first_order=first_order)
+    meta_loss.backward()
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_checkpointed_unroll_gives_the_plain_gradient(first_order):
+    grads = []
+    for segments in (0, 2, 4):
+        model, net, inputs, targets = setup(steps=4)
+        _, meta_loss = unroll(net, model, mse, UnrollState.start(model, net), inputs, targets, 0, 4,
+                              first_order=first_order, segments=segments)
+        meta_loss.backward()
+        grads.append([p.grad.clone() for p in [*net.parameters(), *model.parameters()]])
+    for other in grads[1:]:
+        for a, b in zip(other, grads[0]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_first_order_drops_exactly_the_term_through_the_optimizee_gradient_on_a_quadratic():
+    """f(theta) = 0.5 theta'A theta - b'theta, two steps. The gradient g_1 = A theta_1 - b depends on the LSTM's
+    weights only through theta_1; first order treats g_1 as a constant. So second - first order must equal the
+    gradient of f(theta_2) / 2 taken only along that path: theta_2' = theta_1.detach() + u(A theta_1 - b) with the
+    LSTM's weights and state detached."""
+    torch.manual_seed(0)
+    n = 5
+    m = torch.randn(n, n, dtype=torch.float64)
+    a, b = m @ m.T / n + torch.eye(n, dtype=torch.float64), torch.randn(n, dtype=torch.float64)
+
+    class Quadratic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = nn.Parameter(torch.randn(n, dtype=torch.float64))
+
+        def forward(self, _):
+            return 0.5 * self.theta @ a @ self.theta - b @ self.theta
+
+    def f(theta):
+        return 0.5 * theta @ a @ theta - b @ theta
+
+    model, net = Quadratic(), CoordinatewiseLSTM(hidden_size=4, output_scale=0.3).double()
+    dummy = torch.zeros(3, 1, dtype=torch.float64)
+    grads = {}
+    for first_order in (False, True):
+        net.zero_grad()
+        _, meta_loss = unroll(net, model, lambda out, y: out, UnrollState.start(model, net), dummy, dummy, 0, 2,
+                              first_order=first_order)
+        meta_loss.backward()
+        grads[first_order] = [p.grad.clone() for p in net.parameters()]
+
+    theta0 = model.theta.detach()
+    state0 = net.initial_state(n, like=theta0)
+    u0, state1 = net(a @ theta0 - b, state0)
+    theta1 = theta0 + u0
+    frozen = CoordinatewiseLSTM(hidden_size=4, output_scale=0.3).double()
+    frozen.load_state_dict(net.state_dict())
+    frozen.requires_grad_(False)
+    u1, _ = frozen(a @ theta1 - b, state1.detach())
+    dropped = torch.autograd.grad(f(theta1.detach() + u1) / 2, list(net.parameters()))
+    for second, first, term in zip(grads[False], grads[True], dropped):
+        torch.testing.assert_close(second - first, term, rtol=1e-8, atol=1e-12)
+    assert max(t.abs().max() for t in dropped) > 1e-6  # the term is really there
+
+
+def test_the_optimizer_facade_reproduces_the_functional_unroll_step_for_step():
+    model, net, inputs, targets = setup(steps=3)
+    state = UnrollState.start(model, net, {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()})
+    points = []
+    for t in range(3):
+        state, _ = unroll(net, model, mse, state, inputs, targets, t, t + 1, first_order=True)
+        points.append({n: p.detach().clone() for n, p in state.params.items()})
+    optimizer = LearnedOptimizer(model.parameters(), net=net)
+    for t in range(3):
+        optimizer.zero_grad()
+        mse(model(inputs[t]), targets[t]).backward()
+        optimizer.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), points[t][name], rtol=1e-12, atol=1e-14)
+    restored = LearnedOptimizer(model.parameters(), net=net)
+    restored.load_state_dict(optimizer.state_dict())
+    torch.testing.assert_close(restored.state[model.weight]["lstm"], optimizer.state[model.weight]["lstm"])
+
+
+class TiedLanguageModel(nn.Module):
+    """A tiny LSTM language model whose input and output embeddings are one tensor."""
+
+    def __init__(self, vocabulary: int = 7, width: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        self.lstm = nn.LSTM(width, width, batch_first=True)
+        self.out = nn.Linear(width, vocabulary, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.out(self.lstm(self.embed(tokens))[0])
+
+
+def test_tied_embeddings_stay_tied_through_the_unroll():
+    torch.manual_seed(0)
+    model = TiedLanguageModel().double()
+    net = CoordinatewiseLSTM(hidden_size=4).double()
+    tokens = torch.randint(0, 7, (3, 4, 6))
+
+    def loss_fn(logits, y):
+        return F.cross_entropy(logits.reshape(-1, 7), y.reshape(-1))
+
+    state = UnrollState.start(model, net)
+    assert "out.weight" not in state.params  # one tensor, one name
+    state, meta_loss = unroll(net, model, loss_fn, state, tokens[:, :, :-1], tokens[:, :, 1:], 0, 2)
+    logits = torch.func.functional_call(model, state.params, (tokens[0, :, :-1],))
+    untied = copy.deepcopy(model)
+    untied.out.weight = nn.Parameter(torch.empty_like(model.out.weight))  # its own tensor now
+    with torch.no_grad():
+        for name, value in state.params.items():
+            untied.get_parameter(name).copy_(value)
+        untied.out.weight.copy_(state.params["embed.weight"])  # the adapted embedding, used as the output layer too
+    torch.testing.assert_close(logits, untied(tokens[0, :, :-1]))
+    meta_loss.backward()
+    assert net.head.weight.grad is not None and torch.isfinite(net.head.weight.grad).all()
+
+
+def test_preprocessing_and_saving():
+    torch.testing.assert_close(preprocess(torch.tensor([-2.0]), p=10.0), torch.tensor([[torch.log(torch.tensor(2.0)) / 10, -1.0]]))
+    net = CoordinatewiseLSTM(hidden_size=3, use_parameter=True)
+    with pytest.raises(ValueError, match="use_parameter"):
+        net(torch.zeros(2), net.initial_state(2))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    net = CoordinatewiseLSTM(hidden_size=5, num_layers=1, output_scale=0.2)
+    net.save(tmp_path / "lstm.pt")
+    loaded = CoordinatewiseLSTM.load(tmp_path / "lstm.pt")
+    assert loaded.config == net.config
+    for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
