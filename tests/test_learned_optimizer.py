@@ -4,13 +4,19 @@ second-order term can be isolated, and the torch.optim facade stepping a real mo
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TinyClassifier, make_trainer
 from torch import nn
 
+from lightning_meta.cli import main
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, preprocess, unroll
+from lightning_meta.optim.training import LearnedOptimizerTraining
+from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets
+from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error
 
 
 def mse(out, y):
@@ -187,3 +193,102 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.config == net.config
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_meta_training_on_quadratics_beats_the_untrained_optimizer_on_held_out_ones():
+    torch.manual_seed(0)
+    family = RandomQuadratics(dim=6, num_train=50, num_test=8)
+    module = LearnedOptimizerTraining(QuadraticOptimizee(6), loss="squared_error", unroll_steps=10, truncation=5,
+                                      meta_lr=3e-3)
+
+    def held_out_loss(net):
+        losses = []
+        for index, task in enumerate(family.tasks("test")):
+            w, y = (t[None] for t in task.train[0])
+            torch.manual_seed(index)
+            model = QuadraticOptimizee(6)
+            optimizer = LearnedOptimizer(model.parameters(), net=copy.deepcopy(net))
+            for _ in range(10):
+                optimizer.zero_grad()
+                squared_error(model(w), y).backward()
+                optimizer.step()
+            losses.append(squared_error(model(w), y).item())
+        return sum(losses) / len(losses)
+
+    before = held_out_loss(module.net)
+    data = EpisodeDataModule(family, inner_steps=1, batch_size=1, meta_batch_size=4)
+    make_trainer([], max_steps=40 * module.optimizer_steps_per_batch, limit_val_batches=0).fit(module, datamodule=data)
+    after = held_out_loss(module.net)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_truncation_steps_the_meta_optimizer_once_per_window_and_learn_init_moves_the_init():
+    torch.manual_seed(0)
+    family = RandomQuadratics(dim=4, num_train=8)
+    data = EpisodeDataModule(family, inner_steps=1, batch_size=1, meta_batch_size=2)
+    module = LearnedOptimizerTraining(QuadraticOptimizee(4), loss="squared_error", unroll_steps=6, truncation=4,
+                                      learn_init=True, first_order=True, meta_lr=0.01)
+    assert module.optimizer_steps_per_batch == 2  # windows of 4 and 2 steps
+    init = module.optimizee.theta.detach().clone()
+    trainer = make_trainer([], max_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 4 and trainer.fit_loop.epoch_loop.batch_progress.current.completed == 2
+    assert not torch.equal(module.optimizee.theta.detach(), init)
+    fixed = LearnedOptimizerTraining(QuadraticOptimizee(4), loss="squared_error", unroll_steps=2, truncation=None)
+    kept = fixed.optimizee.theta.detach().clone()
+    make_trainer([], max_steps=2, limit_val_batches=0).fit(fixed, datamodule=data)
+    assert torch.equal(fixed.optimizee.theta.detach(), kept)  # without learn_init every task starts from a fresh draw
+
+
+def test_bad_training_settings_are_named():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        LearnedOptimizerTraining(QuadraticOptimizee(2), loss="hinge")
+    with pytest.raises(ValueError, match="truncation"):
+        LearnedOptimizerTraining(QuadraticOptimizee(2), truncation=0)
+
+
+def test_the_quadratics_recipe_runs_and_its_checkpoint_gives_a_learned_optimizer(tmp_path):
+    recipe = Path(__file__).parents[1] / "recipes" / "learned_optimizer" / "quadratics.yaml"
+    main(["fit", "--config", str(recipe), "--trainer.max_steps=8", f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    module = LearnedOptimizerTraining.load_from_checkpoint(checkpoint, optimizee=QuadraticOptimizee(10))
+    assert module.hparams.unroll_steps == 20 and module.optimizer_steps_per_batch == 4
+    model = QuadraticOptimizee(10)
+    optimizer = module.learned_optimizer(model.parameters())
+    squared_error(model(torch.randn(1, 10, 10)), torch.randn(1, 10)).backward()
+    before = model.theta.detach().clone()
+    optimizer.step()
+    assert not torch.equal(model.theta.detach(), before)
+
+
+def test_meta_training_on_glyph_episodes_with_an_image_classifier(glyph_root):
+    optimizee = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 20))
+    module = LearnedOptimizerTraining(optimizee, net=CoordinatewiseLSTM(hidden_size=8), unroll_steps=4, truncation=2)
+    data = EpisodeDataModule(GlyphAlphabets(root=glyph_root), inner_steps=4, batch_size=10, meta_batch_size=2)
+    trainer = make_trainer([], max_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["meta_loss"])
+
+
+class LearnedOptimizerClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        torch.manual_seed(0)
+        return LearnedOptimizer(self.parameters(), net=CoordinatewiseLSTM(hidden_size=4))
+
+
+def test_a_lightning_module_trains_with_the_learned_optimizer_and_resumes_its_state(tmp_path):
+    loader = torch.utils.data.DataLoader([(torch.rand(1, 4, 4), 0)] * 24, batch_size=6)
+    torch.manual_seed(0)
+    model = LearnedOptimizerClassifier()
+    trainer = make_trainer([], max_steps=3, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(model, train_dataloaders=loader)
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    saved = torch.load(checkpoint, weights_only=False)["optimizer_states"][0]["state"]
+    assert all("lstm" in state for state in saved.values())
+    resumed = LearnedOptimizerClassifier()
+    again = make_trainer([], max_steps=3, default_root_dir=tmp_path)
+    again.fit(resumed, train_dataloaders=loader, ckpt_path=checkpoint)  # nothing left to train: state restored
+    restored = again.optimizers[0].state
+    for p, q in zip(resumed.parameters(), model.parameters()):
+        torch.testing.assert_close(restored[p]["lstm"], trainer.optimizers[0].state[q]["lstm"])

@@ -2,6 +2,7 @@
 
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM, preprocess
+from lightning_meta.optim.training import LearnedOptimizerTraining
 from lightning_meta.optim.unroll import UnrollState, unroll
 
-__all__ = ["CoordinatewiseLSTM", "LearnedOptimizer", "UnrollState", "preprocess", "unroll"]
+__all__ = ["CoordinatewiseLSTM", "LearnedOptimizer", "LearnedOptimizerTraining", "UnrollState", "preprocess", "unroll"]

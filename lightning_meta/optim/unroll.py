@@ -69,7 +69,8 @@ def unroll(
     first_order: bool = False,
     segments: int = 0,
 ) -> tuple[UnrollState, Tensor]:
-    """Steps ``start ... stop - 1`` on batches ``inputs[t], targets[t]``; returns the new state and the meta-loss.
+    """Steps ``start ... stop - 1`` on batches ``inputs[t], targets[t]`` (``t`` modulo ``len(inputs)``: fewer
+    batches than steps are reused in turn); returns the new state and the meta-loss.
 
     ``first_order`` feeds the LSTM detached gradients (no second derivatives of the optimizee's loss);
     ``segments > 1`` checkpoints that many stretches of the steps (:class:`~lightning_meta.checkpointing.CheckpointedSegment`).
@@ -85,7 +86,8 @@ def unroll(
         net_weights = dict(zip(weight_names, tensors[2 * count :]))
         total = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
         for t in range(first, last):
-            loss = loss_fn(functional_call(model, params, (inputs[t],)), targets[t])
+            batch = t % len(inputs)
+            loss = loss_fn(functional_call(model, params, (inputs[batch],)), targets[batch])
             if t > start:
                 total = total + loss
             # retain_graph: the loss is also a term of the meta-loss
@@ -96,7 +98,8 @@ def unroll(
                 update, lstm[name] = functional_call(net, net_weights, (grad, lstm[name]), extra)
                 params[name] = params[name] + update
         if last == stop:  # the loss of the point the stretch ends at
-            total = total + loss_fn(functional_call(model, params, (inputs[stop],)), targets[stop])
+            batch = stop % len(inputs)
+            total = total + loss_fn(functional_call(model, params, (inputs[batch],)), targets[batch])
         return (*params.values(), *lstm.values(), total)
 
     tensors: tuple[Tensor, ...] = (*state.params.values(), *state.lstm.values())

@@ -5,6 +5,7 @@ from lightning_meta.tasks.episodes import EpisodeBatch, EpisodeDataModule
 from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
 from lightning_meta.tasks.omniglot import Omniglot
+from lightning_meta.tasks.quadratics import RandomQuadratics
 from lightning_meta.tasks.stream import TaskBatch
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "GlyphAlphabets",
     "ImageTensorDataset",
     "Omniglot",
+    "RandomQuadratics",
     "Task",
     "TaskBatch",
     "TaskDataModule",

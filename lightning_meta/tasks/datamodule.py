@@ -146,8 +146,13 @@ class TaskDataModule(L.LightningDataModule):
         return 1 if trainer is None else trainer.accumulate_grad_batches
 
     def _consumed_batches(self) -> int:
+        """Batches the run has consumed. A module that takes several optimizer steps per batch (e.g. truncated
+        back-propagation) says how many in an ``optimizer_steps_per_batch`` attribute."""
         trainer = self.trainer
-        return 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+        if trainer is None:
+            return 0
+        steps_per_batch = getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)
+        return trainer.global_step // steps_per_batch * trainer.accumulate_grad_batches
 
     def batch_sampler(self) -> TaskBatchSampler:
         """The sampler of the training stream; ``task_index(n)`` says which task the n-th task of the stream is."""

@@ -1,0 +1,133 @@
+"""``LearnedOptimizerTraining``: meta-train a :class:`CoordinatewiseLSTM` (and optionally the init) on a task family.
+
+Every batch is an :class:`~lightning_meta.tasks.EpisodeBatch`: for each of its tasks the optimizee starts from its
+init and is trained by the LSTM for ``unroll_steps`` steps on the episode's support batches (reused in turn). The
+meta-loss is the mean optimizee loss along the unroll; truncated back-propagation steps the meta-optimizer every
+``truncation`` steps, carrying parameters and LSTM states across and cutting the graph.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning_meta.optim.training import LearnedOptimizerTraining
+    >>> from lightning_meta.tasks import EpisodeDataModule
+    >>> from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics
+    >>> module = LearnedOptimizerTraining(QuadraticOptimizee(dim=4), loss="squared_error", unroll_steps=4, truncation=2)
+    >>> data = EpisodeDataModule(RandomQuadratics(dim=4, num_train=8), inner_steps=1, batch_size=1, meta_batch_size=2)
+    >>> trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    ...                     enable_model_summary=False, limit_val_batches=0)
+    >>> trainer.fit(module, datamodule=data)
+    >>> trainer.global_step  # 2 batches x 2 truncated windows
+    4
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.optim.learned import LearnedOptimizer
+from lightning_meta.optim.lstm import CoordinatewiseLSTM
+from lightning_meta.optim.unroll import UnrollState, unroll
+from lightning_meta.tasks.episodes import EpisodeBatch
+from lightning_meta.tasks.quadratics import squared_error
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": F.cross_entropy, "squared_error": squared_error}
+
+
+class LearnedOptimizerTraining(L.LightningModule):
+    """Meta-trains ``net`` (and, with ``learn_init``, the optimizee's initial parameters) by unrolled training.
+
+    Args:
+        optimizee: the model the learned optimizer trains; its parameters are the init (``learn_init``) or a
+            template re-initialised for every task (``reset_parameters`` of its layers).
+        net: the learned optimizer (default: ``CoordinatewiseLSTM()``, the paper's 2 x 20 LSTM).
+        loss: the optimizee's loss: ``"cross_entropy"``, ``"squared_error"`` or a callable ``(outputs, targets)``.
+        unroll_steps: optimizee steps per task.
+        truncation: steps between meta-updates (truncated back-propagation); ``None``: the whole unroll.
+        first_order: feed the LSTM detached gradients (no second derivatives).
+        checkpoint_segments: checkpointed segments per truncation window (0: none).
+        learn_init: meta-learn the optimizee's init jointly with the optimizer.
+        meta_lr: Adam learning rate of the meta-optimizer.
+    """
+
+    def __init__(
+        self,
+        optimizee: nn.Module,
+        net: CoordinatewiseLSTM | None = None,
+        loss: Literal["cross_entropy", "squared_error"] | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
+        unroll_steps: int = 20,
+        truncation: int | None = 5,
+        first_order: bool = False,
+        checkpoint_segments: int = 0,
+        learn_init: bool = False,
+        meta_lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if unroll_steps < 1 or (truncation is not None and truncation < 1):
+            raise ValueError(f"unroll_steps and truncation must be >= 1, got {unroll_steps} and {truncation}")
+        if isinstance(loss, str) and loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
+        self.save_hyperparameters(ignore=["optimizee", "net", "loss"])
+        self.optimizee = optimizee.requires_grad_(learn_init)
+        self.net = net or CoordinatewiseLSTM()
+        self.loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+        self.automatic_optimization = False
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Meta-optimizer steps per batch (one per truncation window); the task stream counts batches with it."""
+        window = self.hparams.truncation or self.hparams.unroll_steps
+        return -(-self.hparams.unroll_steps // window)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.meta_lr)
+
+    def learned_optimizer(self, params) -> LearnedOptimizer:
+        """The trained LSTM as a ``torch.optim`` optimizer of ``params``."""
+        return LearnedOptimizer(params, net=copy.deepcopy(self.net))
+
+    def _start(self) -> UnrollState:
+        """The optimizee's init: its own parameters when learned, else a fresh initialisation of a copy."""
+        if self.hparams.learn_init:
+            return UnrollState.start(self.optimizee, self.net)
+        fresh = copy.deepcopy(self.optimizee)
+        layers = [layer for layer in fresh.modules() if hasattr(layer, "reset_parameters")]
+        with torch.no_grad():
+            for layer in layers:
+                layer.reset_parameters()
+            if not layers:  # bare parameters, e.g. QuadraticOptimizee.theta: N(0, 1)
+                for p in fresh.parameters():
+                    p.normal_()
+        params = {n: p.detach().requires_grad_() for n, p in fresh.named_parameters()}
+        return UnrollState.start(self.optimizee, self.net, params)
+
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        steps = self.hparams.unroll_steps
+        window = self.hparams.truncation or steps
+        states = [self._start() for _ in range(len(batch))]
+        for start in range(0, steps, window):
+            stop = min(start + window, steps)
+            total = torch.zeros((), device=self.device)
+            for t, state in enumerate(states):
+                states[t], meta_loss = unroll(
+                    self.net, self.optimizee, self.loss_fn, state, batch.support_inputs[t], batch.support_targets[t],
+                    start, stop, first_order=self.hparams.first_order, segments=self.hparams.checkpoint_segments,
+                )
+                total = total + meta_loss / len(batch)
+            optimizer.zero_grad()
+            self.manual_backward(total)
+            optimizer.step()
+            states = [state.detached() for state in states]
+            self.log("meta_loss", total.detach(), prog_bar=True)
+        final = torch.stack([
+            self.loss_fn(torch.func.functional_call(self.optimizee, s.params, (batch.support_inputs[t, -1],)),
+                         batch.support_targets[t, -1]).detach()
+            for t, s in enumerate(states)
+        ])
+        self.log("final_optimizee_loss", final.mean())
