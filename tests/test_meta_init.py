@@ -152,6 +152,11 @@ def test_resume_mid_meta_batch_is_bit_exact(tmp_path, rule):
     assert meta.meta_steps == meta_resumed.meta_steps == 2
     for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+    del state["callbacks"][next(iter(state["callbacks"]))]["schedule"]  # as in a checkpoint of version 0.1.0
+    torch.save(state, tmp_path / "v0.1.0.ckpt")
+    old, _ = run(5 * K, ckpt_path=tmp_path / "v0.1.0.ckpt")
+    for a, b in zip(uninterrupted.state_dict().values(), old.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_checkpoint_weights_are_theta_0(tmp_path):

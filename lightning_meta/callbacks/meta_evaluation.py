@@ -5,7 +5,8 @@ the :class:`~lightning_meta.callbacks.MetaInit` callback of the Trainer, or the 
 none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` (or
 ``configure_inner_optimizer``, where a MAML module has one) and ``training_step``. It records the training loss and
 error of every step and the final accuracy on the task's held-out images, logs their means and learning-curve AUCs,
-and draws the mean curves next to those of the weights the run started from. The training run itself is left untouched: weights, meta-state and RNG streams.
+and draws the mean curves next to those of the weights the run started from. The training run itself is left
+untouched: weights, meta-state and RNG streams.
 
 Example:
     >>> import lightning as L

@@ -233,6 +233,10 @@ class MetaInit(L.Callback):
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
             trainer.strategy.model.require_backward_grad_sync = False  # type: ignore[union-attr]
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(trainer.datamodule, TaskDataModule):
+            trainer.datamodule.schedule = None  # the data module may be reused without this callback
+
     # ----------------------------------------------------------------- the loop
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         task = self.schedule.task(trainer.global_step)
@@ -296,8 +300,11 @@ class MetaInit(L.Callback):
             message = (
                 f"{type(self).__name__}: task {self.active_task} diverged (non-finite loss or parameters); it is "
                 "dropped from the meta-batch and theta_0 is not affected by it."
-            )  # each process warns of its own tasks under task-parallel DDP
-            warnings.warn(message) if self.schedule.task_parallel else rank_zero_warn(message)
+            )
+            if self.schedule.task_parallel:  # each process warns of its own tasks
+                warnings.warn(message)
+            else:
+                rank_zero_warn(message)
         if self.tasks_in_batch == self.schedule.tasks_per_process:
             self._meta_step(trainer, pl_module)
 
@@ -397,7 +404,9 @@ class MetaInit(L.Callback):
     @torch.no_grad()
     def _apply_state(self, state: dict[str, Any]) -> None:
         assert self.meta_optimizer is not None
-        self._saved_schedule = (TaskSchedule(**state["schedule"]), state["counters"])
+        # checkpoints of version 0.1.0 have no schedule: they come from one process
+        saved = state.get("schedule") or asdict(TaskSchedule(self.schedule.inner_steps, self.schedule.meta_batch_size))
+        self._saved_schedule = (TaskSchedule(**saved), state["counters"])
         torch._foreach_copy_([p.data for p in self.init], state["init"])
         torch._foreach_copy_([p.grad for p in self.init], state["meta_grad"])  # type: ignore[misc]
         torch._foreach_copy_(self._live, state["task_params"])
