@@ -17,13 +17,20 @@ RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
+def fresh_environment() -> dict[str, str]:
+    """This process's environment without the variables of a process group an earlier test in it may have set up
+    (a stale MASTER_PORT makes the workers' rendezvous fail with "address already in use")."""
+    inherited = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+    return {**{k: v for k, v in os.environ.items() if k not in inherited}, "OMP_NUM_THREADS": "1"}
+
+
 def run(tmp_path: Path, name: str, **spec) -> dict:
     out = tmp_path / name
     out.mkdir()
     spec = {"parallel": "tasks", "inner_steps": 3, "meta_batch_size": 4, "meta_steps": 2, "batch_size": 6,
             "nan_task": None, **spec, "out": str(out)}
     (out / "spec.json").write_text(json.dumps(spec))
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment = fresh_environment()
     process = subprocess.run([sys.executable, str(WORKER), str(out / "spec.json")], capture_output=True, text=True,
                              env=environment, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
@@ -96,7 +103,7 @@ def test_the_recipe_runs_on_two_processes_from_the_command_line(tmp_path, glyph_
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    environment = fresh_environment()
     process = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     assert "Starting with 2 processes" in process.stderr + process.stdout
