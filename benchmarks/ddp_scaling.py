@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from lightning_meta import Leap  # noqa: E402
 from lightning_meta.recipes import ConvClassifier  # noqa: E402
 from lightning_meta.tasks import GlyphAlphabets, TaskDataModule  # noqa: E402
+from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
 
 
 class MetaStepClock(L.Callback):
@@ -67,7 +68,8 @@ def worker(args: argparse.Namespace) -> None:
     )
     leap = Leap(meta_lr=0.1, parallel=args.parallel)
     clock = MetaStepClock(leap)
-    per_process = args.meta_batch_size // (args.devices * args.num_nodes) if args.parallel == "tasks" else args.meta_batch_size
+    schedule = TaskSchedule(args.inner_steps, args.meta_batch_size, args.devices * args.num_nodes, 0, args.parallel)
+    per_process = schedule.tasks_per_process
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
         strategy="ddp" if args.devices * args.num_nodes > 1 else "auto", use_distributed_sampler=False,

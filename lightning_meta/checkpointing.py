@@ -63,3 +63,16 @@ class CheckpointedSegment(torch.autograd.Function):
             outputs, grads_out = [r for r, _ in pairs], [g for _, g in pairs]
             grads = iter(torch.autograd.grad(outputs, wanted, grads_out, allow_unused=True))
         return (None, *(next(grads) if x.requires_grad else None for x in inputs))
+
+
+def segment_bounds(start: int, stop: int, segments: int) -> list[tuple[int, int]]:
+    """Steps ``start ... stop - 1`` cut into ``segments`` (at least 1, at most one step each) stretches of near-equal
+    length, as ``(first, last)`` pairs.
+
+    Example:
+        >>> segment_bounds(0, 5, 2)
+        [(0, 2), (2, 5)]
+    """
+    pieces = max(1, min(segments, stop - start))
+    bounds = [start + round((stop - start) * k / pieces) for k in range(pieces + 1)]
+    return list(zip(bounds, bounds[1:]))

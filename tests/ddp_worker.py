@@ -26,6 +26,7 @@ from helpers import TinyClassifier, ToyFamily  # noqa: E402
 from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
 from lightning_meta.mixins import MAMLMixin  # noqa: E402
 from lightning_meta.tasks import EpisodeDataModule, TaskDataModule  # noqa: E402
+from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
 
 
 class NaNOnTask(TinyClassifier):
@@ -63,8 +64,8 @@ def main(spec: dict) -> None:
         data = TaskDataModule(family, **size)
         rule = Leap if spec["method"] == "leap" else Reptile
         callbacks.append(rule(meta_lr=0.5, parallel=spec["parallel"]))
-        tasks_per_process = spec["meta_batch_size"] // (spec["devices"] if spec["parallel"] == "tasks" else 1)
-        max_steps = spec["meta_steps"] * spec["inner_steps"] * tasks_per_process
+        schedule = TaskSchedule(spec["inner_steps"], spec["meta_batch_size"], spec["devices"], 0, spec["parallel"])
+        max_steps = spec["meta_steps"] * spec["inner_steps"] * schedule.tasks_per_process
     if spec.get("evaluate"):
         callbacks.append(MetaEvaluation(split="test", inner_steps=4, baseline=False))
     if spec.get("checkpoint_every"):

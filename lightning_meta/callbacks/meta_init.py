@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from copy import deepcopy
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import lightning as L
@@ -389,17 +389,14 @@ class MetaInit(L.Callback):
         if same or not (saved.task_parallel or self.schedule.task_parallel):
             origin = (saved.origin_step, saved.origin_task)
         elif at_boundary:
-            first = TaskSchedule(saved.inner_steps, saved.meta_batch_size, saved.world_size, 0, saved.parallel,
-                                 saved.origin_step, saved.origin_task)
-            origin = (step, first.task(step))  # rank 0's next task is the first task of the next meta-batch
+            origin = (step, replace(saved, rank=0).task(step))  # rank 0's next task opens the next meta-batch
         else:
             raise MisconfigurationException(
                 f"{type(self).__name__}: a run saved in the middle of a meta-batch resumes on the same number of "
                 f"processes only ({saved.world_size}, now {self.schedule.world_size}); resume from a checkpoint at "
                 "a meta-step boundary."
             )
-        s = self.schedule
-        self.schedule = TaskSchedule(s.inner_steps, s.meta_batch_size, s.world_size, s.rank, s.parallel, *origin)
+        self.schedule = replace(self.schedule, origin_step=origin[0], origin_task=origin[1])
 
     @torch.no_grad()
     def _apply_state(self, state: dict[str, Any]) -> None:

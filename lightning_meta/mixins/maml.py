@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_meta.checkpointing import CheckpointedSegment
+from lightning_meta.checkpointing import CheckpointedSegment, segment_bounds
 from lightning_meta.tasks.episodes import EpisodeBatch
 from lightning_meta.utils import ParamFilter, parameter_filter
 
@@ -203,10 +203,9 @@ class MAMLMixin:
 
         tensors = tuple(params[n] for n in names)
         others = tuple(params[n] for n in other_names)
-        segments = max(1, min(settings.checkpoint_segments, steps))
-        bounds = [round(steps * k / segments) for k in range(segments + 1)]
-        for start, stop in zip(bounds, bounds[1:]):
-            if segments > 1 and second_order:
+        segments = segment_bounds(0, steps, settings.checkpoint_segments)
+        for start, stop in segments:
+            if len(segments) > 1 and second_order:
                 tensors = CheckpointedSegment.apply(partial(run, start, stop), *tensors, *others)
             else:
                 tensors = run(start, stop, second_order, *tensors, *others)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.checkpointing import CheckpointedSegment
+from lightning_meta.checkpointing import CheckpointedSegment, segment_bounds
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 
 LossFunction = Callable[[Tensor, Tensor], Tensor]
@@ -76,8 +76,7 @@ def unroll(
     ``segments > 1`` checkpoints that many stretches of the steps (:class:`~lightning_meta.checkpointing.CheckpointedSegment`).
     """
     names = list(state.params)
-    weight_names = [n for n, p in net.named_parameters() if p.requires_grad]
-    weights = [dict(net.named_parameters())[n] for n in weight_names]
+    weight_names, weights = zip(*[(n, p) for n, p in net.named_parameters() if p.requires_grad])
     count = len(names)
 
     def run(first: int, last: int, graph: bool, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -103,11 +102,10 @@ def unroll(
         return (*params.values(), *lstm.values(), total)
 
     tensors: tuple[Tensor, ...] = (*state.params.values(), *state.lstm.values())
-    pieces = max(1, min(segments, stop - start))
-    bounds = [start + round((stop - start) * k / pieces) for k in range(pieces + 1)]
+    pieces = segment_bounds(start, stop, segments)
     meta_loss = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
-    for first, last in zip(bounds, bounds[1:]):
-        if pieces > 1:
+    for first, last in pieces:
+        if len(pieces) > 1:
             out = CheckpointedSegment.apply(partial(run, first, last), *tensors, *weights)
         else:
             out = run(first, last, True, *tensors, *weights)
