@@ -2,7 +2,7 @@
 
 Used by the MAML mixin's inner loop and by the unrolled meta-training of learned optimizers.
 
-Example:
+Examples:
     >>> import torch
     >>> w = torch.tensor(2.0, requires_grad=True)
     >>> def run(graph, x):  # two steps of x <- x - 0.1 * d(x^2 w)/dx
@@ -69,7 +69,7 @@ def segment_bounds(start: int, stop: int, segments: int) -> list[tuple[int, int]
     """Steps ``start ... stop - 1`` cut into ``segments`` (at least 1, at most one step each) stretches of near-equal
     length, as ``(first, last)`` pairs.
 
-    Example:
+    Examples:
         >>> segment_bounds(0, 5, 2)
         [(0, 2), (2, 5)]
     """

@@ -1,6 +1,6 @@
 """Learning-curve metrics (torchmetrics).
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.metrics import LearningCurveAUC
     >>> auc = LearningCurveAUC()
@@ -36,6 +36,9 @@ class LearningCurveAUC(Metric):
     """
 
     full_state_update = False
+
+    total: Tensor
+    count: Tensor
 
     def __init__(self) -> None:
         super().__init__()

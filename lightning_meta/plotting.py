@@ -1,6 +1,6 @@
 """Figures: mean learning curves with a band of one standard deviation across tasks.
 
-Example:
+Examples:
     >>> import tempfile, torch
     >>> from pathlib import Path
     >>> from lightning_meta.plotting import plot_learning_curves

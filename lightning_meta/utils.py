@@ -17,7 +17,7 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
     """``include`` as a predicate ``(name, parameter) -> bool``: a regular expression searched in the name, a
     predicate as is, or ``None`` for every parameter.
 
-    Example:
+    Examples:
         >>> import torch
         >>> chosen = parameter_filter("^head")
         >>> chosen("head.weight", torch.zeros(1)), chosen("encoder.0.weight", torch.zeros(1))
@@ -34,11 +34,18 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
 @contextmanager
 def muted_logging(pl_module: L.LightningModule) -> Iterator[None]:
     """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``."""
-    pl_module.log = pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    pl_module.log = pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
         del pl_module.log, pl_module.log_dict
+
+
+def log_meta_progress(pl_module: L.LightningModule, task: int, meta_step: int) -> None:
+    """Show the meta-learning counters in the progress bar and log them: ``meta/task``, the position in the task
+    stream of the task being trained, and ``meta/step``, the meta-steps done."""
+    counters = {"meta/task": float(task), "meta/step": float(meta_step)}
+    pl_module.log_dict(counters, prog_bar=True, on_step=True, on_epoch=False)
 
 
 def training_loss(output: Any) -> Tensor:

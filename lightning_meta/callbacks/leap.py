@@ -12,7 +12,7 @@ Unlike the reference code, the last step theta_{K-1} -> theta_K is included (one
 task). Memory: the previous point theta_i, its gradient g_i and the task's accumulator, whatever K is; no tensor
 leaves the device inside the inner loop.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap
     >>> leap = Leap(inner_steps=100, meta_batch_size=20, meta_lr=0.1)
@@ -70,7 +70,7 @@ class Leap(MetaInit):
         if p not in (1, 2):
             raise ValueError(f"p must be 1 (path length) or 2 (path energy), got {p!r}")
         if norm is not None:
-            implied = 1 if norm else 2
+            implied: Literal[1, 2] = 1 if norm else 2
             if p not in (1, implied):
                 raise ValueError(f"norm={norm} contradicts p={p}: norm=True is p=1, norm=False is p=2; pass one")
             p = implied
@@ -138,12 +138,17 @@ class Leap(MetaInit):
             squared = squared + d_loss.square()
         length = squared.sqrt()
         self._path_length += length
-        scale = 1.0 / length.clamp_min(torch.finfo(length.dtype).tiny) if self.p == 1 else torch.tensor(2.0, device=length.device)
+        if self.p == 1:
+            scale = 1.0 / length.clamp_min(torch.finfo(length.dtype).tiny)
+        else:
+            scale = torch.tensor(2.0, device=length.device)
         self._accumulator.addcmul_(negative_step, -scale)
         if self.loss:
             self._accumulator.addcmul_(self._previous_grad, d_loss * scale)
 
-    def task_meta_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> list[Tensor]:
+    def task_meta_gradient(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> list[Tensor]:
         """Add the final segment theta_{K-1} -> theta_K (loss at theta_K on the last batch) and negate."""
         final_loss = torch.zeros((), device=self.init[0].device)
         if self.loss:

@@ -8,7 +8,7 @@ error of every step and the final accuracy on the task's held-out images, logs t
 and draws the mean curves next to those of the weights the run started from. The training run itself is left
 untouched: weights, meta-state and RNG streams.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap, MetaEvaluation
     >>> callbacks = [Leap(meta_batch_size=5), MetaEvaluation(split="test", every_n_meta_steps=10)]
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import plot_learning_curves, plt
-from lightning_meta.tasks.family import Split, Task
+from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import muted_logging, training_loss
 
@@ -70,9 +70,10 @@ class _LogitsHook:
 def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, Any]:
     """The module's inner optimizer: ``configure_inner_optimizer()`` where the module has one (MAML modules, whose
     ``configure_optimizers`` is the meta-optimizer's), else ``configure_optimizers()``."""
-    if hasattr(model, "configure_inner_optimizer"):
-        return model.configure_inner_optimizer(), []
-    optimizers, schedulers, _ = _configure_optimizers(model.configure_optimizers())
+    inner = getattr(model, "configure_inner_optimizer", None)
+    if inner is not None:
+        return inner(), []
+    optimizers, schedulers, _ = _configure_optimizers(model.configure_optimizers())  # type: ignore[arg-type]
     if len(optimizers) != 1:
         raise MisconfigurationException("MetaEvaluation trains held-out tasks with one optimizer")
     per_step = [config.scheduler for config in schedulers if config.interval == "step"]
@@ -111,7 +112,7 @@ def adapt(
             model.load_state_dict(state)
             model.train()
             optimizer, schedulers = _fresh_optimizer(model)
-            sampler = TaskBatchSampler([len(task.train)], batch_size, inner_steps, 1, seed=seed + index)
+            sampler = TaskBatchSampler([dataset_length(task.train)], batch_size, inner_steps, 1, seed=seed + index)
             loader = DataLoader(TaskStreamDataset([task]), batch_sampler=sampler, collate_fn=collate_task_batch)
             task_losses, task_errors = [], []
             for step, batch in enumerate(loader):
@@ -130,15 +131,16 @@ def adapt(
             errors.append(torch.stack(task_errors))
             accuracies.append(_accuracy(model, task, device, batch_statistics))
     hook.handle.remove()
-    return HeldOutCurves(torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu(), torch.stack(accuracies).cpu())
+    loss, error = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
+    return HeldOutCurves(loss, error, torch.stack(accuracies).cpu())
 
 
 @torch.no_grad()
 def _accuracy(model: L.LightningModule, task: Task, device: torch.device, batch_statistics: bool) -> Tensor:
     model.train(batch_statistics)
-    loader = DataLoader(task.test, batch_size=len(task.test) if batch_statistics else 256)
+    loader = DataLoader(task.test, batch_size=dataset_length(task.test) if batch_statistics else 256)
     correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
-    return torch.tensor(correct / len(task.test))
+    return torch.tensor(correct / dataset_length(task.test))
 
 
 class MetaEvaluation(L.Callback):
@@ -188,9 +190,11 @@ class MetaEvaluation(L.Callback):
         self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
+        datamodule: Any = getattr(trainer, "datamodule", None)  # any data module with tasks(split) will do
         if not hasattr(datamodule, "tasks"):
-            raise MisconfigurationException("MetaEvaluation reads held-out tasks from a TaskDataModule (datamodule=...)")
+            raise MisconfigurationException(
+                "MetaEvaluation reads held-out tasks from a TaskDataModule (datamodule=...)"
+            )
         self._tasks = datamodule.tasks(self.split)[: self.max_tasks]
         if not self._tasks:
             raise MisconfigurationException(f"the task family has no {self.split!r} tasks to evaluate on")
@@ -227,7 +231,9 @@ class MetaEvaluation(L.Callback):
             self.initial = self._adapt(trainer, pl_module, self._initial_state)
             self._log(trainer, "initial", self.initial)
         step = self._meta_step(trainer)
-        rank_zero_info(f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}")
+        rank_zero_info(
+            f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}"
+        )
         curves = self._adapt(trainer, pl_module, state)
         self.history.append((step, curves))
         self._log(trainer, "meta_init", curves)
@@ -239,12 +245,20 @@ class MetaEvaluation(L.Callback):
         world_size, rank = trainer.world_size, trainer.global_rank
         indices = list(range(rank, len(self._tasks), world_size))
         mine = adapt(
-            pl_module, state, [self._tasks[i] for i in indices], self.inner_steps, self.batch_size, self.seed,
-            self.batch_statistics, indices,
+            pl_module,
+            state,
+            [self._tasks[i] for i in indices],
+            self.inner_steps,
+            self.batch_size,
+            self.seed,
+            self.batch_statistics,
+            indices,
         )
         if world_size == 1:
             return mine
-        return HeldOutCurves(*(self._gather(trainer, pl_module, part) for part in (mine.loss, mine.error, mine.test_accuracy)))
+        return HeldOutCurves(
+            *(self._gather(trainer, pl_module, part) for part in (mine.loss, mine.error, mine.test_accuracy))
+        )
 
     def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule, part: Tensor) -> Tensor:
         """Rows of every process, back in task order (padded with NaN to the same count for the all-gather)."""
@@ -261,7 +275,9 @@ class MetaEvaluation(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _plot_path(self, trainer: L.Trainer) -> Path:
-        return Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png")
+        return Path(
+            self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png"
+        )
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
@@ -276,7 +292,9 @@ class MetaEvaluation(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # W&B, Neptune
                 logger.log_image(key=key, images=[str(path)])
-            elif hasattr(logger.experiment, "add_image"):  # TensorBoard
-                logger.experiment.add_image(key, plt.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
+                continue
+            experiment: Any = getattr(logger, "experiment", None)  # the Logger base class does not declare it
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image(key, plt.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
         rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
         return path

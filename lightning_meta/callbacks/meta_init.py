@@ -4,11 +4,25 @@ A subclass only says how one task's training trajectory turns into a meta-gradie
 :class:`Reptile`); this base finds task boundaries, starts every task from theta_0 with a fresh inner optimizer,
 averages the tasks of a meta-batch, steps theta_0 with a meta-optimizer, drops diverged tasks and checkpoints it all.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_meta import Reptile
     >>> callback = Reptile(inner_steps=5, meta_batch_size=2, meta_lr=0.5)
     >>> trainer = L.Trainer(callbacks=[callback], max_steps=20, logger=False, enable_checkpointing=False)
+
+    A rule of your own implements the hooks (and ``rule_state`` / ``load_rule_state`` if it keeps state that a
+    resumed run needs). This one moves theta_0 against the sum of the gradients seen along each task's path:
+
+    >>> import torch
+    >>> from lightning_meta import MetaInit
+    >>> class GradientSum(MetaInit):
+    ...     def on_task_start(self, live):
+    ...         self.total = [torch.zeros_like(p) for p in live]
+    ...     def on_inner_step(self, trainer, live, grads):
+    ...         torch._foreach_add_(self.total, grads)
+    ...     def task_meta_gradient(self, trainer, pl_module, batch, batch_idx):
+    ...         return self.total
+    >>> rule = GradientSum(inner_steps=5, meta_batch_size=2, meta_lr=0.01)
 """
 
 from __future__ import annotations
@@ -27,10 +41,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.datamodule import TaskDataModule, task_datamodule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import TaskBatch
-from lightning_meta.utils import ParamFilter, parameter_filter
+from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
 
 
 def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
@@ -137,7 +151,9 @@ class MetaInit(L.Callback):
     def on_inner_step(self, trainer: L.Trainer, live: list[Tensor], grads: list[Tensor]) -> None:
         """Called before each inner optimizer step with the parameters and their (unscaled) gradients."""
 
-    def task_meta_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> list[Tensor]:
+    def task_meta_gradient(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> list[Tensor]:
         """The meta-gradient of the task that just ended; the module holds theta_K."""
         raise NotImplementedError
 
@@ -167,7 +183,7 @@ class MetaInit(L.Callback):
                 f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
                 f"{type(trainer.strategy).__name__}."
             )
-        datamodule = trainer.datamodule if isinstance(trainer.datamodule, TaskDataModule) else None
+        datamodule = task_datamodule(trainer)
         self.inner_steps = self._agree("inner_steps", datamodule)
         if self.inner_steps is None:
             raise MisconfigurationException(
@@ -214,9 +230,15 @@ class MetaInit(L.Callback):
             p.data = p.data.to(device)
             p.grad = p.grad.to(device)  # type: ignore[union-attr]
         self._buffer_start = {n: b.to(device) for n, b in self._buffer_start.items()}
-        self.meta_optimizer = self.meta_optimizer_class(self.init, lr=self.meta_lr, **self.meta_optimizer_kwargs)
+        # every torch.optim class takes lr; the base class's signature does not say so
+        self.meta_optimizer = self.meta_optimizer_class(
+            self.init, lr=self.meta_lr, **self.meta_optimizer_kwargs  # type: ignore[call-arg]
+        )
         self._suspended = None
-        self._fresh_optimizer = [[{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups] for o in trainer.optimizers]
+        self._fresh_optimizer = [
+            [{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
+            for o in trainer.optimizers
+        ]
         self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
         if self._pending is not None:
             self._apply_state(self._pending)
@@ -226,19 +248,23 @@ class MetaInit(L.Callback):
         if self._saved_schedule is not None:  # the loops' progress (global_step) is restored only now
             self._resume_schedule(*self._saved_schedule, trainer.global_step)
             self._saved_schedule = None
-            if isinstance(trainer.datamodule, TaskDataModule):
-                trainer.datamodule.schedule = self.schedule
+            datamodule = task_datamodule(trainer)
+            if datamodule is not None:
+                datamodule.schedule = self.schedule
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
             trainer.strategy.model.require_backward_grad_sync = False  # type: ignore[union-attr]
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if isinstance(trainer.datamodule, TaskDataModule):
-            trainer.datamodule.schedule = None  # the data module may be reused without this callback
+        datamodule = task_datamodule(trainer)
+        if datamodule is not None:
+            datamodule.schedule = None  # the data module may be reused without this callback
 
     # ----------------------------------------------------------------- the loop
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         task = self.schedule.task(trainer.global_step)
         if isinstance(batch, TaskBatch) and batch.task != task:
             raise RuntimeError(
@@ -248,9 +274,8 @@ class MetaInit(L.Callback):
             )
         if task != self.active_task:
             self._start_task(trainer, pl_module, task)
-            pl_module.log_dict(  # once per task: a log call costs about as much as Leap's whole per-step update
-                {"meta/task": float(task), "meta/step": float(self.meta_steps)}, prog_bar=True, on_step=True, on_epoch=False
-            )
+            # once per task: a log call costs about as much as Leap's whole per-step update
+            log_meta_progress(pl_module, task, self.meta_steps)
 
     @torch.no_grad()
     def _load_init(self, pl_module: L.LightningModule) -> None:
@@ -292,7 +317,7 @@ class MetaInit(L.Callback):
         meta_gradient = self.task_meta_gradient(trainer, pl_module, batch, batch_idx)
         self.tasks_in_batch += 1
         if all_finite(meta_gradient):
-            torch._foreach_add_([p.grad for p in self.init], meta_gradient)  # type: ignore[misc]
+            torch._foreach_add_(self.meta_grads(), meta_gradient)
             self.tasks_kept += 1
             if self.buffers == "keep":
                 self._buffer_start = {n: b.detach().clone() for n, b in self._live_buffers.items()}
@@ -302,28 +327,37 @@ class MetaInit(L.Callback):
                 "dropped from the meta-batch and theta_0 is not affected by it."
             )
             if self.schedule.task_parallel:  # each process warns of its own tasks
-                warnings.warn(message)
+                warnings.warn(message, stacklevel=2)
             else:
                 rank_zero_warn(message)
         if self.tasks_in_batch == self.schedule.tasks_per_process:
             self._meta_step(trainer, pl_module)
 
+    def meta_grads(self) -> list[Tensor]:
+        """theta_0's gradients: the meta-batch's summed meta-gradients (allocated in ``setup``)."""
+        grads = [p.grad for p in self.init]
+        if any(g is None for g in grads):
+            raise RuntimeError(f"{type(self).__name__}: theta_0 has no gradient buffer; was setup() called?")
+        return grads  # type: ignore[return-value]
+
     def _meta_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.meta_optimizer is not None
-        grads = [p.grad for p in self.init]
+        grads = self.meta_grads()
         kept, tasks = self.tasks_kept, self.tasks_in_batch
         if self.schedule.task_parallel:  # one all-reduce: every process's meta-gradient sum and count of kept tasks
             flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([float(kept)], device=grads[0].device)])
             flat = trainer.strategy.reduce(flat, reduce_op="sum")
-            torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat[:-1].split([g.numel() for g in grads]), grads)])
-            kept, tasks = int(flat[-1].item()), self.meta_batch_size
+            torch._foreach_copy_(
+                grads, [v.view_as(g) for v, g in zip(flat[:-1].split([g.numel() for g in grads]), grads)]
+            )
+            kept, tasks = int(flat[-1].item()), self.schedule.meta_batch_size
         if kept:
-            torch._foreach_div_(grads, float(kept))  # type: ignore[arg-type]
+            torch._foreach_div_(grads, float(kept))
             self.meta_optimizer.step()
             self.meta_steps += 1
         else:
             rank_zero_warn(f"{type(self).__name__}: every task of the meta-batch diverged; theta_0 is unchanged.")
-        torch._foreach_zero_(grads)  # type: ignore[arg-type]
+        torch._foreach_zero_(grads)
         pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
         self.tasks_in_batch = self.tasks_kept = 0
 
@@ -347,7 +381,7 @@ class MetaInit(L.Callback):
         return {
             "names": self.names,
             "init": [p.detach().clone() for p in self.init],
-            "meta_grad": [p.grad.clone() for p in self.init],  # type: ignore[union-attr]
+            "meta_grad": [g.clone() for g in self.meta_grads()],
             "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
             "buffer_start": self._buffer_start,
             "task_params": self._suspended or [p.detach().clone() for p in self._live],
@@ -405,7 +439,7 @@ class MetaInit(L.Callback):
         saved = state.get("schedule") or asdict(TaskSchedule(self.schedule.inner_steps, self.schedule.meta_batch_size))
         self._saved_schedule = (TaskSchedule(**saved), state["counters"])
         torch._foreach_copy_([p.data for p in self.init], state["init"])
-        torch._foreach_copy_([p.grad for p in self.init], state["meta_grad"])  # type: ignore[misc]
+        torch._foreach_copy_(self.meta_grads(), state["meta_grad"])
         torch._foreach_copy_(self._live, state["task_params"])
         for name, buffer in state["task_buffers"].items():
             self._live_buffers[name].copy_(buffer)
@@ -432,5 +466,7 @@ class MetaInit(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.save_init_as_weights:
             checkpoint["state_dict"].update(
-                (name, tensor) for name, tensor in self.init_state_dict(pl_module).items() if name in checkpoint["state_dict"]
+                (name, tensor)
+                for name, tensor in self.init_state_dict(pl_module).items()
+                if name in checkpoint["state_dict"]
             )

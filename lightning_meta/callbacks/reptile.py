@@ -3,7 +3,7 @@
 theta_0 <- theta_0 + meta_lr * mean over tasks of (theta_K - theta_0), expressed as the meta-gradient
 theta_0 - theta_K for the meta-optimizer (plain SGD with ``lr=meta_lr`` gives exactly the rule above).
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_meta import Reptile
     >>> reptile = Reptile(inner_steps=100, meta_batch_size=5, meta_lr=0.1)
@@ -28,5 +28,7 @@ class Reptile(MetaInit):
     ``meta_lr``, ``meta_optimizer``, ``include``, ``buffers``, ...).
     """
 
-    def task_meta_gradient(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> list[Tensor]:
-        return torch._foreach_sub([p.detach() for p in self.init], self._live)
+    def task_meta_gradient(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> list[Tensor]:
+        return list(torch._foreach_sub([p.detach() for p in self.init], self._live))

@@ -6,7 +6,7 @@ DDP, checkpoints and every other callback work unchanged. ``training_step`` on a
 :class:`~lightning_meta.tasks.EpisodeBatch` returns the mean query loss at the adapted parameters, whose gradient
 is the (first- or second-order) MAML meta-gradient; any other batch goes to the module's own ``training_step``.
 
-Example:
+Examples:
     >>> import lightning as L, torch
     >>> import torch.nn.functional as F
     >>> from torch import nn
@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,7 +47,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_meta.checkpointing import CheckpointedSegment, segment_bounds
 from lightning_meta.tasks.episodes import EpisodeBatch
-from lightning_meta.utils import ParamFilter, parameter_filter
+from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
 
 BatchNormMode = Literal["batch", "task", "frozen"]
 LEARNED_LRS = "maml_inner_lrs"
@@ -135,15 +136,21 @@ class MAMLMixin:
         adapted = [n for n, p in module.named_parameters() if p.requires_grad and n != LEARNED_LRS and chosen(n, p)]
         if not adapted:
             names = [n for n, _ in module.named_parameters()][:20]
-            raise ValueError(f"configure_maml(adapt={adapt!r}) matched no trainable parameter; the parameters are {names}")
-        self.maml = MAMLSettings(inner_steps, inner_lr, first_order, learn_inner_lr, batch_norm, checkpoint_segments, adapted)
+            raise ValueError(
+                f"configure_maml(adapt={adapt!r}) matched no trainable parameter; the parameters are {names}"
+            )
+        self.maml = MAMLSettings(
+            inner_steps, inner_lr, first_order, learn_inner_lr, batch_norm, checkpoint_segments, adapted
+        )
         if learn_inner_lr:
             assert inner_steps is not None
             module.register_parameter(LEARNED_LRS, nn.Parameter(torch.full((inner_steps, len(adapted)), inner_lr)))
 
-    def _as_module(self) -> nn.Module:
-        if not isinstance(self, nn.Module):
-            raise TypeError(f"MAMLMixin must be mixed into a LightningModule; {type(self).__name__} is not an nn.Module")
+    def _as_module(self) -> L.LightningModule:
+        if not isinstance(self, L.LightningModule):
+            raise TypeError(
+                f"MAMLMixin must be mixed into a LightningModule; {type(self).__name__} is not a LightningModule"
+            )
         return self
 
     # ----------------------------------------------------------------- what a user may override
@@ -157,7 +164,9 @@ class MAMLMixin:
         return torch.optim.SGD([params[n] for n in self.maml.adapted], lr=self.maml.inner_lr)
 
     # ----------------------------------------------------------------- the inner loop
-    def adapt(self, support_inputs: Tensor, support_targets: Tensor, create_graph: bool | None = None) -> dict[str, Tensor]:
+    def adapt(
+        self, support_inputs: Tensor, support_targets: Tensor, create_graph: bool | None = None
+    ) -> dict[str, Tensor]:
         """The adapted parameters of one task: SGD on support batches ``[batches, batch_size, ...]``, batch
         ``i % batches`` at step ``i``. ``create_graph`` (default: ``not first_order``) keeps the second-order terms.
 
@@ -191,7 +200,9 @@ class MAMLMixin:
                 for step in range(start, stop):
                     batch = step % support_inputs.shape[0]
                     weights = {**buffers, **others, **dict(zip(names, adapted))}
-                    loss = self.task_loss(functional_call(module, weights, (support_inputs[batch],)), support_targets[batch])
+                    loss = self.task_loss(
+                        functional_call(module, weights, (support_inputs[batch],)), support_targets[batch]
+                    )
                     if step == 0 and not first_loss:
                         first_loss.append(loss.detach())
                     grads = torch.autograd.grad(loss, adapted, create_graph=graph, allow_unused=True)
@@ -201,7 +212,7 @@ class MAMLMixin:
                     )
             return adapted
 
-        tensors = tuple(params[n] for n in names)
+        tensors: tuple[Tensor, ...] = tuple(params[n] for n in names)
         others = tuple(params[n] for n in other_names)
         segments = segment_bounds(0, steps, settings.checkpoint_segments)
         for start, stop in segments:
@@ -218,6 +229,7 @@ class MAMLMixin:
         fresh: dict[str, Tensor] = {}
         for prefix, layer in self._as_module().named_modules():
             if isinstance(layer, _BatchNorm) and layer.running_mean is not None:
+                assert layer.running_var is not None and layer.num_batches_tracked is not None
                 fresh[f"{prefix}.running_mean"] = torch.zeros_like(layer.running_mean)
                 fresh[f"{prefix}.running_var"] = torch.ones_like(layer.running_var)
                 fresh[f"{prefix}.num_batches_tracked"] = torch.zeros_like(layer.num_batches_tracked)
@@ -225,7 +237,8 @@ class MAMLMixin:
 
     @contextmanager
     def _batch_norm(self, training: bool) -> Iterator[None]:
-        """Put every BatchNorm layer in the mode ``batch_norm`` prescribes for the support (``training``) or query set."""
+        """Put every BatchNorm layer in the mode ``batch_norm`` prescribes for the support (``training``) or the
+        query set."""
         mode = self.maml.batch_norm
         layers = [m for m in self._as_module().modules() if isinstance(m, _BatchNorm)]
         saved = [(m.training, m.track_running_stats) for m in layers]
@@ -249,7 +262,9 @@ class MAMLMixin:
         losses, correct, support = [], [], []
         for t in range(len(batch)):
             buffers = self._task_buffers()
-            adapted, support_loss = self._adapt(batch.support_inputs[t], batch.support_targets[t], create_graph, buffers)
+            adapted, support_loss = self._adapt(
+                batch.support_inputs[t], batch.support_targets[t], create_graph, buffers
+            )
             with self._batch_norm(training=False):
                 outputs = functional_call(module, {**buffers, **adapted}, (batch.query_inputs[t],))
             targets = batch.query_targets[t]
@@ -261,7 +276,7 @@ class MAMLMixin:
         return MAMLResult(torch.stack(losses).mean(), accuracy, torch.stack(support).mean())
 
     def _log_result(self, stage: str, result: MAMLResult, batch: EpisodeBatch) -> None:
-        log = self._as_module().log  # type: ignore[operator]
+        log = self._as_module().log
         size = len(batch)
         log(f"{stage}/query_loss", result.loss.detach(), prog_bar=True, batch_size=size)
         log(f"{stage}/support_loss", result.support_loss, batch_size=size)
@@ -273,6 +288,8 @@ class MAMLMixin:
             return super().training_step(batch, batch_idx)  # type: ignore[misc]
         result = self.maml_loss(batch)
         self._log_result("train", result, batch)
+        module = self._as_module()
+        log_meta_progress(module, batch.tasks[-1], module.global_step)
         return result.loss
 
     @torch.inference_mode(False)
@@ -281,7 +298,7 @@ class MAMLMixin:
         """Adapt on held-out episodes even under the Trainer's ``inference_mode=True``: a grad-enabled context, and
         inputs cloned out of inference mode (tensors created under it cannot enter autograd)."""
         fields = ("support_inputs", "support_targets", "query_inputs", "query_targets")
-        batch = EpisodeBatch(*(getattr(batch, f).clone() for f in fields), batch.tasks, batch.task_names)
+        batch = replace(batch, **{f: getattr(batch, f).clone() for f in fields})
         result = self.maml_loss(batch, create_graph=False)
         result = MAMLResult(result.loss.detach(), result.accuracy, result.support_loss)
         self._log_result(stage, result, batch)

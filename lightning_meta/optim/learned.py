@@ -3,7 +3,7 @@
 Each parameter's LSTM state lives in ``optimizer.state[p]["lstm"]``, so ``state_dict`` / ``load_state_dict`` (and
 with them Lightning's checkpoints) save and resume it. The network itself is not trained here.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer
     >>> model = torch.nn.Linear(3, 1)

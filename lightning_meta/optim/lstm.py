@@ -4,7 +4,7 @@ The LSTM's weights are shared by all coordinates of all parameters; each coordin
 input is the gradient preprocessed into (log-magnitude, sign) so that gradients of very different scales look
 alike, optionally with the loss and the parameter's value; its output, times ``output_scale``, is the update.
 
-Example:
+Examples:
     >>> import torch
     >>> net = CoordinatewiseLSTM(hidden_size=8)
     >>> grad = torch.randn(3, 4)
@@ -27,7 +27,7 @@ def preprocess(values: Tensor, p: float = 10.0) -> Tensor:
     """Andrychowicz et al.'s preprocessing of a flat tensor into ``[N, 2]``: ``(log|x| / p, sign x)`` where
     ``|x| >= e^-p``, else ``(-1, e^p x)``.
 
-    Example:
+    Examples:
         >>> preprocess(torch.tensor([1.0, -math.exp(-12.0)]), p=10.0)
         tensor([[ 0.0000,  1.0000],
                 [-1.0000, -0.1353]])
@@ -66,7 +66,9 @@ class CoordinatewiseLSTM(nn.Module):
             "output_scale": output_scale, "use_loss": use_loss, "use_parameter": use_parameter,
         }
         inputs = 2 + 2 * use_loss + use_parameter
-        self.cells = nn.ModuleList(nn.LSTMCell(inputs if i == 0 else hidden_size, hidden_size) for i in range(num_layers))
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(inputs if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
         self.head = nn.Linear(hidden_size, 1)
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.preprocess_p, self.output_scale = preprocess_p, output_scale

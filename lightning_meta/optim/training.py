@@ -5,7 +5,7 @@ init and is trained by the LSTM for ``unroll_steps`` steps on the episode's supp
 meta-loss is the mean optimizee loss along the unroll; truncated back-propagation steps the meta-optimizer every
 ``truncation`` steps, carrying parameters and LSTM states across and cutting the graph.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_meta.optim.training import LearnedOptimizerTraining
     >>> from lightning_meta.tasks import EpisodeDataModule
@@ -35,8 +35,12 @@ from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import UnrollState, unroll
 from lightning_meta.tasks.episodes import EpisodeBatch
 from lightning_meta.tasks.quadratics import squared_error
+from lightning_meta.utils import log_meta_progress
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": F.cross_entropy, "squared_error": squared_error}
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "squared_error": squared_error,
+}
 
 
 class LearnedOptimizerTraining(L.LightningModule):
@@ -81,11 +85,11 @@ class LearnedOptimizerTraining(L.LightningModule):
     @property
     def optimizer_steps_per_batch(self) -> int:
         """Meta-optimizer steps per batch (one per truncation window); the task stream counts batches with it."""
-        window = self.hparams.truncation or self.hparams.unroll_steps
-        return -(-self.hparams.unroll_steps // window)
+        window = self.hparams["truncation"] or self.hparams["unroll_steps"]
+        return -(-self.hparams["unroll_steps"] // window)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.meta_lr)
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams["meta_lr"])
 
     def learned_optimizer(self, params) -> LearnedOptimizer:
         """The trained LSTM as a ``torch.optim`` optimizer of ``params``."""
@@ -93,13 +97,13 @@ class LearnedOptimizerTraining(L.LightningModule):
 
     def _start(self) -> UnrollState:
         """The optimizee's init: its own parameters when learned, else a fresh initialisation of a copy."""
-        if self.hparams.learn_init:
+        if self.hparams["learn_init"]:
             return UnrollState.start(self.optimizee, self.net)
         fresh = copy.deepcopy(self.optimizee)
         layers = [layer for layer in fresh.modules() if hasattr(layer, "reset_parameters")]
         with torch.no_grad():
             for layer in layers:
-                layer.reset_parameters()
+                layer.reset_parameters()  # type: ignore[operator]
             if not layers:  # bare parameters, e.g. QuadraticOptimizee.theta: N(0, 1)
                 for p in fresh.parameters():
                     p.normal_()
@@ -108,16 +112,25 @@ class LearnedOptimizerTraining(L.LightningModule):
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
-        steps = self.hparams.unroll_steps
-        window = self.hparams.truncation or steps
+        assert not isinstance(optimizer, list), "configure_optimizers returns one optimizer"
+        steps = self.hparams["unroll_steps"]
+        window = self.hparams["truncation"] or steps
         states = [self._start() for _ in range(len(batch))]
         for start in range(0, steps, window):
             stop = min(start + window, steps)
             total = torch.zeros((), device=self.device)
             for t, state in enumerate(states):
                 states[t], meta_loss = unroll(
-                    self.net, self.optimizee, self.loss_fn, state, batch.support_inputs[t], batch.support_targets[t],
-                    start, stop, first_order=self.hparams.first_order, segments=self.hparams.checkpoint_segments,
+                    self.net,
+                    self.optimizee,
+                    self.loss_fn,
+                    state,
+                    batch.support_inputs[t],
+                    batch.support_targets[t],
+                    start,
+                    stop,
+                    first_order=self.hparams["first_order"],
+                    segments=self.hparams["checkpoint_segments"],
                 )
                 total = total + meta_loss / len(batch)
             optimizer.zero_grad()
@@ -125,9 +138,14 @@ class LearnedOptimizerTraining(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
             self.log("meta_loss", total.detach(), prog_bar=True)
-        final = torch.stack([
-            self.loss_fn(torch.func.functional_call(self.optimizee, s.params, (batch.support_inputs[t, -1],)),
-                         batch.support_targets[t, -1]).detach()
-            for t, s in enumerate(states)
-        ])
+        log_meta_progress(self, batch.tasks[-1], self.global_step)
+        final = torch.stack(
+            [
+                self.loss_fn(
+                    torch.func.functional_call(self.optimizee, s.params, (batch.support_inputs[t, -1],)),
+                    batch.support_targets[t, -1],
+                ).detach()
+                for t, s in enumerate(states)
+            ]
+        )
         self.log("final_optimizee_loss", final.mean())

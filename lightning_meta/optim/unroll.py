@@ -6,7 +6,7 @@ the losses of the points it reaches, ``f(theta_t; b_t)`` for ``t = start + 1 ...
 ``start ... stop``. Truncated back-propagation cuts the graph between stretches; checkpointing cuts a stretch into
 segments that are recomputed in the backward pass.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.optim import CoordinatewiseLSTM
     >>> model = torch.nn.Linear(4, 1)
@@ -73,7 +73,8 @@ def unroll(
     batches than steps are reused in turn); returns the new state and the meta-loss.
 
     ``first_order`` feeds the LSTM detached gradients (no second derivatives of the optimizee's loss);
-    ``segments > 1`` checkpoints that many stretches of the steps (:class:`~lightning_meta.checkpointing.CheckpointedSegment`).
+    ``segments > 1`` checkpoints that many stretches of the steps
+    (:class:`~lightning_meta.checkpointing.CheckpointedSegment`).
     """
     names = list(state.params)
     weight_names, weights = zip(*[(n, p) for n, p in net.named_parameters() if p.requires_grad])
@@ -90,7 +91,9 @@ def unroll(
             if t > start:
                 total = total + loss
             # retain_graph: the loss is also a term of the meta-loss
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph and not first_order, retain_graph=True)
+            grads = torch.autograd.grad(
+                loss, list(params.values()), create_graph=graph and not first_order, retain_graph=True
+            )
             for name, grad in zip(names, grads):
                 grad = grad if graph and not first_order else grad.detach()
                 extra = {"loss": loss, "parameter": params[name]}

@@ -1,11 +1,15 @@
 """The Leap paper's Omniglot classifier as an ordinary LightningModule.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.recipes import ConvClassifier
     >>> model = ConvClassifier(num_classes=20)
     >>> model(torch.zeros(5, 1, 28, 28)).shape
     torch.Size([5, 20])
+    >>> from lightning_meta.recipes import MultiHeadClassifier
+    >>> baseline = MultiHeadClassifier(num_heads=25, num_classes=20, channels=32)
+    >>> len(baseline.heads), baseline.heads[0].out_features
+    (25, 20)
 """
 
 from __future__ import annotations
@@ -69,9 +73,9 @@ class ConvClassifier(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.hparams.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        if self.hparams["optimizer"] == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"])
 
 
 class MultiHeadClassifier(ConvClassifier):
@@ -89,14 +93,16 @@ class MultiHeadClassifier(ConvClassifier):
     def __init__(self, num_heads: int = 25, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         hp = self.hparams
-        self.heads = nn.ModuleList(nn.Linear(hp.channels, hp.num_classes) for _ in range(num_heads))
+        self.heads = nn.ModuleList(nn.Linear(hp["channels"], hp["num_classes"]) for _ in range(num_heads))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         index = getattr(batch, "split_index", None)
         if index is None:
             return super().training_step(batch, batch_idx)
         if index >= len(self.heads):
-            raise IndexError(f"meta-training task {index} has no head: MultiHeadClassifier(num_heads={len(self.heads)})")
+            raise IndexError(
+                f"meta-training task {index} has no head: MultiHeadClassifier(num_heads={len(self.heads)})"
+            )
         x, y = batch
         loss = F.cross_entropy(self.heads[index](self.encoder(x)), y)
         self.log("train_loss", loss, prog_bar=True)

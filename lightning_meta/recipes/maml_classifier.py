@@ -1,6 +1,6 @@
 """The Leap paper's Omniglot classifier meta-trained by MAML or first-order MAML.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.recipes import MAMLClassifier
     >>> from lightning_meta.tasks import EpisodeBatch
@@ -24,7 +24,8 @@ class MAMLClassifier(MAMLMixin, ConvClassifier):
 
     Args:
         inner_steps: inner SGD steps per task (``None``: one per support batch of the episode).
-        inner_lr: inner SGD learning rate (also used to train held-out tasks in :class:`~lightning_meta.MetaEvaluation`).
+        inner_lr: inner SGD learning rate (also used to train held-out tasks in
+            :class:`~lightning_meta.MetaEvaluation`).
         first_order: first-order MAML.
         learn_inner_lr: learn one inner learning rate per step and tensor.
         adapt: regular expression of the parameters the inner loop adapts (``"^head"``: ANIL); ``None``: all.

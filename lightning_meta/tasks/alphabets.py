@@ -3,7 +3,7 @@
 Every alphabet is one task, its characters are the classes and its 20 drawings per character (drawers) the
 examples. Shared by :class:`~lightning_meta.tasks.GlyphAlphabets` and :class:`~lightning_meta.tasks.Omniglot`.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.tasks.alphabets import AlphabetFamily
     >>> class Blank(AlphabetFamily):

@@ -1,6 +1,6 @@
 """``TaskDataModule``: streams ``inner_steps`` optimizer steps of one task, then the next task.
 
-Example:
+Examples:
     >>> from lightning_meta.tasks import TaskDataModule
     >>> from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
     >>> import torch
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from lightning_meta.tasks.family import Split, Task, TaskFamily
+from lightning_meta.tasks.family import Split, Task, TaskFamily, dataset_length
 from lightning_meta.tasks.schedule import TaskSchedule
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 
@@ -42,6 +42,13 @@ def family_by_name(name: str, root: str | None) -> TaskFamily:
             raise ValueError("family='omniglot' needs root= (the folder that holds or will receive omniglot-py)")
         return Omniglot(root=root, download=True)
     raise ValueError(f"unknown task family {name!r}: use 'glyphs', 'omniglot' or a TaskFamily instance")
+
+
+def task_datamodule(trainer: L.Trainer) -> TaskDataModule | None:
+    """The Trainer's data module when it is a :class:`TaskDataModule` (Lightning sets ``trainer.datamodule`` during
+    fit and test without declaring the attribute)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return datamodule if isinstance(datamodule, TaskDataModule) else None
 
 
 def random_affine() -> Callable[[Tensor], Tensor]:
@@ -171,7 +178,7 @@ class TaskDataModule(L.LightningDataModule):
             return now.task(step), (step - now.origin_step) % now.inner_steps * accumulation + micro
 
         return TaskBatchSampler(
-            [len(task.train) for task in self._train_tasks],
+            [dataset_length(task.train) for task in self._train_tasks],
             batch_size=self.batch_size,
             batches_per_task=self.inner_steps * accumulation,
             tasks_per_epoch=self.tasks_per_epoch,

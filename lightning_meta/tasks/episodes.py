@@ -5,7 +5,7 @@ order, but hands a whole task to ``training_step`` at once: ``support_batches`` 
 images (one per inner step, augmented as in the stream) and ``query_size`` of the task's held-out images, on which
 the adapted parameters are scored. A batch holds ``meta_batch_size`` such episodes.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.tasks import EpisodeDataModule
     >>> from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from lightning_meta.tasks.datamodule import TaskDataModule, random_affine
-from lightning_meta.tasks.family import Split, Task
+from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset
 
 
@@ -84,7 +84,8 @@ class EpisodeDataset(Dataset):
         support = [default_collate([self.support[key][:2] for key in batch]) for batch in batches]
         task = self.tasks[batches[0][0].task_index]
         rng = np.random.default_rng([self.sampler.seed, 2, stream_task])
-        picks = rng.choice(len(task.test), size=self.query_size, replace=self.query_size > len(task.test))
+        size = dataset_length(task.test)
+        picks = rng.choice(size, size=self.query_size, replace=self.query_size > size)
         query_inputs, query_targets = default_collate([task.test[int(i)] for i in picks])
         return {
             "support_inputs": torch.stack([x for x, _ in support]),
@@ -98,7 +99,9 @@ class EpisodeDataset(Dataset):
 
 def collate_episodes(episodes: list[dict[str, Any]]) -> EpisodeBatch:
     """Stack episodes into an :class:`EpisodeBatch`."""
-    stacked = {key: torch.stack([e[key] for e in episodes]) for key in episodes[0] if key.endswith(("inputs", "targets"))}
+    stacked = {
+        key: torch.stack([e[key] for e in episodes]) for key in episodes[0] if key.endswith(("inputs", "targets"))
+    }
     return EpisodeBatch(**stacked, tasks=[e["tasks"] for e in episodes], task_names=[e["task_names"] for e in episodes])
 
 
@@ -146,21 +149,21 @@ class EpisodeBatchSampler(Sampler[list[int]]):
 class EpisodeDataModule(TaskDataModule):
     """Streams meta-batches of episodes (support batches + query set per task) for MAML-style meta-learners.
 
-    Takes the :class:`~lightning_meta.tasks.TaskDataModule` arguments, with these meanings:
+    Takes the :class:`~lightning_meta.tasks.TaskDataModule` arguments (family, root, inner_steps, meta_batch_size,
+    batch_size, tasks_per_epoch, augment, num_workers, seed), three of them with episode meanings:
+    ``inner_steps`` is the number of steps on held-out tasks in :class:`~lightning_meta.MetaEvaluation` and the
+    default number of support batches; ``meta_batch_size`` counts episodes per batch (default 1) over all
+    processes: under DDP each process takes an equal share and DDP averages their gradients (gradient accumulation
+    groups several batches); ``tasks_per_epoch`` counts episodes per Lightning epoch (rounded up to whole batches;
+    default 10 batches), and validation runs at epoch ends.
 
     Args:
-        inner_steps: steps on held-out tasks in :class:`~lightning_meta.MetaEvaluation`, and the default number
-            of support batches.
-        meta_batch_size: episodes per batch (default 1), over all processes: under DDP each process takes an
-            equal share and DDP averages their gradients; gradient accumulation groups several batches.
-        tasks_per_epoch: episodes per Lightning epoch (rounded up to whole batches; default 10 batches); validation
-            runs at epoch ends.
+        *args: the :class:`~lightning_meta.tasks.TaskDataModule` arguments, by position.
         support_batches: support batches per episode; 1 gives the classic few-shot episode whose single support
             batch is reused at every inner step. Default: the inner steps of the Trainer's MAML module when it fixes
             them (:meth:`~lightning_meta.mixins.MAMLMixin.configure_maml`), else ``inner_steps``.
         query_size: held-out images of the task per episode (drawn with replacement only if the task has fewer).
-        *args, **kwargs: the :class:`~lightning_meta.tasks.TaskDataModule` arguments (family, root, inner_steps,
-            meta_batch_size, batch_size, tasks_per_epoch, augment, num_workers, seed).
+        **kwargs: the :class:`~lightning_meta.tasks.TaskDataModule` arguments, by name.
 
     ``val_dataloader`` / ``test_dataloader`` give one episode of every task of the ``"val"`` / ``"test"`` split,
     the same episodes at every evaluation.
@@ -191,7 +194,7 @@ class EpisodeDataModule(TaskDataModule):
         return self.meta_batch_size or 1
 
     def _episodes(self, tasks: list[Task], seed: int, augment: bool) -> EpisodeDataset:
-        sizes = [len(t.train) for t in tasks]
+        sizes = [dataset_length(t.train) for t in tasks]
         sampler = TaskBatchSampler(sizes, self.batch_size, self.resolved_support_batches(), len(tasks), seed)
         return EpisodeDataset(tasks, sampler, self.query_size, random_affine() if augment else None)
 
@@ -216,7 +219,9 @@ class EpisodeDataModule(TaskDataModule):
             raise ValueError(f"{type(self.family).__name__} has no {split!r} tasks to validate or test on")
         episodes = self._episodes(tasks, self.seed + 1, augment=False)
         # One pass of the stream visits every task once; the fixed seed gives the same episodes every time.
-        return DataLoader(episodes, batch_size=self.tasks_per_batch, collate_fn=collate_episodes, num_workers=self.num_workers)
+        return DataLoader(
+            episodes, batch_size=self.tasks_per_batch, collate_fn=collate_episodes, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_dataloader("val")

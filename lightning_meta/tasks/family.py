@@ -2,7 +2,7 @@
 
 Each task has its own training data, its own held-out data and its own label space ``0..num_classes-1``.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_meta.tasks.family import ImageTensorDataset, Task
     >>> images = torch.zeros(6, 1, 28, 28, dtype=torch.uint8)
@@ -11,11 +11,22 @@ Example:
     >>> x, y = task.train[4]
     >>> x.shape, x.dtype, y
     (torch.Size([1, 28, 28]), torch.float32, 1)
+
+    A family of your own implements ``tasks(split)`` (and ``prepare_data`` if it downloads):
+
+    >>> from lightning_meta.tasks import TaskFamily
+    >>> class Blank(TaskFamily):
+    ...     def tasks(self, split):
+    ...         self._check_split(split)
+    ...         return [Task(f"{split}-{i}", task.train, task.test, 3) for i in range(4 if split == "train" else 1)]
+    >>> [t.name for t in Blank().tasks("val")]
+    ['val-0']
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +56,13 @@ class ImageTensorDataset(Dataset):
         return self.images[index].float().div_(255), int(self.labels[index])
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)``; a task's datasets must know their length (map-style datasets with ``__len__``)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"task datasets need a length (__len__); {type(dataset).__name__} has none")
+    return len(dataset)
+
+
 @dataclass(frozen=True)
 class Task:
     """One learning problem: ``train`` is what the inner loop trains on, ``test`` is held out from it."""
@@ -62,7 +80,7 @@ class TaskFamily(ABC):
     (called once per node by :class:`~lightning_meta.tasks.TaskDataModule`).
     """
 
-    def prepare_data(self) -> None:
+    def prepare_data(self) -> None:  # noqa: B027 (optional hook: most families have nothing to prepare)
         """Download or build what the family needs on disk. Default: nothing."""
 
     @abstractmethod

@@ -4,7 +4,7 @@ Every task draws ``W`` (``dim x dim``) and ``y`` (``dim``) from a standard norma
 the function itself: every sample is ``(W + noise * N(0, 1), y)``, so ``noise > 0`` makes the gradients
 stochastic. :class:`QuadraticOptimizee` is the model that takes ``W`` and returns ``W theta``.
 
-Example:
+Examples:
     >>> import torch
     >>> family = RandomQuadratics(dim=3, num_train=4)
     >>> task = family.tasks("train")[0]
@@ -44,7 +44,9 @@ class RandomQuadratics(TaskFamily):
 
     Args:
         dim: dimension of theta (10 in the paper).
-        num_train, num_val, num_test: tasks per split.
+        num_train: meta-training tasks.
+        num_val: meta-validation tasks.
+        num_test: meta-test tasks.
         samples: samples per task (all equal when ``noise == 0``).
         noise: standard deviation of the noise added to ``W`` in every sample.
         seed: seeds the functions.

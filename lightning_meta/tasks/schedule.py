@@ -11,7 +11,7 @@ One process trains task ``step // inner_steps``. Under DDP there are two ways to
 A run resumed on another number of processes continues the stream where it stopped: ``origin_step`` and
 ``origin_task`` say which local step trains which task when the schedule changed.
 
-Example:
+Examples:
     >>> schedule = TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1)
     >>> [schedule.task(step) for step in (0, 10, 20, 30)]
     [1, 3, 5, 7]

@@ -4,7 +4,7 @@ Micro-batch ``n`` of meta-training belongs to task ``n // batches_per_task`` of 
 augmentation seeds are a pure function of ``(seed, n)``. A resumed run therefore sees exactly the batches the
 uninterrupted run would have seen, whatever the DataLoader workers or the epoch boundaries.
 
-Example:
+Examples:
     >>> sampler = TaskBatchSampler([10, 4], batch_size=3, batches_per_task=2, tasks_per_epoch=2, seed=0)
     >>> batches = list(sampler)
     >>> len(batches), len(batches[0])
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from lightning_meta.tasks.family import Task
+from lightning_meta.tasks.family import Task, dataset_length
 
 
 class SampleKey(NamedTuple):
@@ -69,7 +69,7 @@ class TaskStreamDataset(Dataset):
         self.transform = transform
 
     def __len__(self) -> int:
-        return sum(len(task.train) for task in self.tasks)
+        return sum(dataset_length(task.train) for task in self.tasks)
 
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, int, SampleKey, str]:
         task = self.tasks[key.task_index]
