@@ -82,18 +82,21 @@ def table(rows: list[dict[str, str]]) -> str:
 
 
 def figure(out: Path, methods: list[str]) -> Path:
-    """Held-out training-error curves of every method, one panel per data set."""
+    """Held-out training-error curves of every method, one panel per data set (moving average over ~5% of the steps:
+    each point is the error on one batch)."""
     runs = {m: torch.load(out / "runs" / m / "curves.pt") for m in methods if (out / "runs" / m / "curves.pt").exists()}
     names = next(iter(runs.values()))["names"]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), constrained_layout=True, squeeze=False)
     for axis, (index, name) in zip(axes[0], enumerate(names)):
         for method, run in runs.items():
             curve = run["error"][index]
-            axis.plot(range(1, len(curve) + 1), curve, label=LABELS[method], linewidth=1)
+            window = max(1, len(curve) // 20)
+            smooth = torch.nn.functional.avg_pool1d(curve.view(1, 1, -1), window, stride=1).flatten()
+            axis.plot(range(window, len(curve) + 1), smooth, label=LABELS[method])
         axis.set_title(name)
         axis.set_xlabel("step on the held-out data set")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training error (batch)")
+    axes[0][0].set_ylabel("training error (moving average)")
     axes[0][0].legend()
     path = out / "held_out_curves.png"
     fig.savefig(path, dpi=120)
