@@ -124,3 +124,22 @@ def test_held_out_tasks_start_from_a_fresh_head_of_their_size():
     with torch.no_grad():
         loss = F.cross_entropy(model(task.train.images[:8].float() / 255)[:, :3], task.train.labels[:8])
     assert float(loss) == pytest.approx(math.log(3))  # the premise: the state's own head is the zero head
+
+
+def test_a_resumed_run_keeps_the_head_of_the_task_it_was_training():
+    torch.manual_seed(0)
+    model = small()
+    model.train_classes = CLASSES["train"]
+    batch = type("Batch", (), {"task": 7, "split_index": 1})()
+    model.on_train_batch_start(batch, 0)
+    assert model.active_classes == 3
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    resumed = small()
+    resumed.load_state_dict(checkpoint["state_dict"])
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.train_classes = CLASSES["train"]
+    resumed.on_train_batch_start(batch, 0)  # the same task goes on: no new head
+    assert resumed.active_classes == 3 and torch.equal(resumed.head.weight, model.head.weight)
+    resumed.on_train_batch_start(type("Batch", (), {"task": 8, "split_index": 2})(), 0)
+    assert resumed.active_classes == 4 and not torch.equal(resumed.head.weight, model.head.weight)

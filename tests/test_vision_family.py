@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 import urllib.error
 from pathlib import Path
@@ -60,6 +61,48 @@ def test_resized_and_repeated_to_three_channels(mnist_root: Path) -> None:
     left, right = task.train.images[..., :5].int(), task.train.images[..., 9:].int()  # away from the edge between halves
     expected = torch.from_numpy(images[:, 0, 0]).int().view(30, 1, 1, 1)
     assert (left - expected).abs().max() <= 1 and (right - (255 - expected)).abs().max() <= 1
+
+
+def file_names_only(monkeypatch: pytest.MonkeyPatch, *modules: object) -> None:
+    """torchvision checks the MD5 of the real CIFAR and SVHN files: accept the tiny fakes by their names."""
+    for module in modules:
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
+
+
+def test_cifar_pickled_batches_read_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CIFAR-10's python format: pickled dicts with rows of 3072 bytes (red plane, green plane, blue plane)."""
+    file_names_only(monkeypatch, torchvision.datasets.cifar)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = {name: rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    labels = {name: [(i * 3 + j) % 10 for j in range(3)] for i, name in enumerate(images)}
+    for name in images:
+        with open(folder / name, "wb") as file:
+            pickle.dump({"data": images[name].reshape(3, 3072), "labels": labels[name]}, file)
+    with open(folder / "batches.meta", "wb") as file:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, file)
+    task = VisionDatasets(train=["cifar10"], val=[], test=[], root=str(tmp_path), size=32, channels=3).task("cifar10")
+    train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    assert torch.equal(task.train.images, torch.from_numpy(np.concatenate([images[n] for n in train_names])))
+    assert task.train.labels.tolist() == sum((labels[n] for n in train_names), [])
+    assert torch.equal(task.test.images, torch.from_numpy(images["test_batch"]))
+
+
+def test_svhn_mat_files_read_back_with_label_10_as_0_in_grey(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SVHN's format: MATLAB files with X [32, 32, 3, N] and y [N, 1] in 1..10, where 10 is the digit 0."""
+    scipy_io = pytest.importorskip("scipy.io")
+    file_names_only(monkeypatch, torchvision.datasets.svhn)
+    rng = np.random.default_rng(1)
+    pictures = {}
+    for split, count in (("train", 4), ("test", 2)):
+        pictures[split] = rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
+        scipy_io.savemat(tmp_path / f"{split}_32x32.mat", {"X": pictures[split], "y": np.arange(7, 7 + count).reshape(-1, 1)})
+    task = VisionDatasets(train=["svhn"], val=[], test=[], root=str(tmp_path), size=32).task("svhn")
+    assert task.train.labels.tolist() == [7, 8, 9, 0] and task.test.labels.tolist() == [7, 8]
+    rgb = torch.from_numpy(pictures["train"]).permute(3, 2, 0, 1).int()  # [N, 3, H, W]
+    grey = (rgb[:, 0] * 299 + rgb[:, 1] * 587 + rgb[:, 2] * 114) / 1000  # ITU-R 601-2 luma
+    assert (task.train.images[:, 0].int() - grey).abs().max() <= 1
 
 
 def write_image_folder(root: Path, counts: dict[str, int]) -> dict[str, tuple[int, int, int]]:

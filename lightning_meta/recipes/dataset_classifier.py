@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_meta.recipes.classifier import ConvClassifier
+from lightning_meta.tasks.family import SPLITS
 
 
 class DatasetClassifier(ConvClassifier):
@@ -57,11 +58,13 @@ class DatasetClassifier(ConvClassifier):
         self._task: int | None = None  # position in the stream of the task being trained
 
     def setup(self, stage: str) -> None:
+        """Read the classes of the data module's tasks; every split's must fit the heads (checked now rather than
+        when the held-out evaluation reaches a big data set)."""
         tasks = getattr(getattr(self.trainer, "datamodule", None), "tasks", None)
         if stage != "fit" or tasks is None:
             return
         self.train_classes = [task.num_classes for task in tasks("train")]
-        self._check_classes(max(self.train_classes))
+        self._check_classes(max((task.num_classes for split in SPLITS for task in tasks(split)), default=1))
         if self.multi_head and not self.heads:
             self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in self.train_classes)
 
@@ -84,6 +87,15 @@ class DatasetClassifier(ConvClassifier):
         if task is not None and task != self._task and not self.multi_head:
             self._task = task
             self.start_task(self.train_classes[batch.split_index])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The task being trained, so that a run resumed in the middle of a task keeps its head."""
+        checkpoint["dataset_classifier"] = {"task": self._task, "active_classes": self.active_classes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("dataset_classifier", {})
+        self._task = state.get("task")
+        self.active_classes = state.get("active_classes", self.max_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))[:, : self.active_classes]
