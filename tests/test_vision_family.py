@@ -75,17 +75,18 @@ def test_cifar_pickled_batches_read_back_exactly(tmp_path: Path, monkeypatch: py
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    images = {name: rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    images = {name: rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8) for name in names}
     labels = {name: [(i * 3 + j) % 10 for j in range(3)] for i, name in enumerate(images)}
-    for name in images:
+    for name, batch in images.items():
         with open(folder / name, "wb") as file:
-            pickle.dump({"data": images[name].reshape(3, 3072), "labels": labels[name]}, file)
+            pickle.dump({"data": batch.reshape(3, 3072), "labels": labels[name]}, file)
     with open(folder / "batches.meta", "wb") as file:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, file)
     task = VisionDatasets(train=["cifar10"], val=[], test=[], root=str(tmp_path), size=32, channels=3).task("cifar10")
     train_names = [f"data_batch_{i}" for i in range(1, 6)]
     assert torch.equal(task.train.images, torch.from_numpy(np.concatenate([images[n] for n in train_names])))
-    assert task.train.labels.tolist() == sum((labels[n] for n in train_names), [])
+    assert task.train.labels.tolist() == [label for n in train_names for label in labels[n]]
     assert torch.equal(task.test.images, torch.from_numpy(images["test_batch"]))
 
 
