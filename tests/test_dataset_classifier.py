@@ -143,3 +143,16 @@ def test_a_resumed_run_keeps_the_head_of_the_task_it_was_training():
     assert resumed.active_classes == 3 and torch.equal(resumed.head.weight, model.head.weight)
     resumed.on_train_batch_start(type("Batch", (), {"task": 8, "split_index": 2})(), 0)
     assert resumed.active_classes == 4 and not torch.equal(resumed.head.weight, model.head.weight)
+
+
+def test_the_head_of_a_task_depends_on_its_position_in_the_stream_not_on_the_global_rng():
+    """So that data-parallel DDP processes, whose RNGs may have drifted apart, draw the same head."""
+    heads = []
+    for global_seed in (1, 2):
+        model = small()
+        model.train_classes = CLASSES["train"]
+        torch.manual_seed(global_seed)
+        model.on_train_batch_start(type("Batch", (), {"task": 5, "split_index": 0})(), 0)
+        heads.append(model.head.weight.detach().clone())
+        assert torch.equal(torch.random.get_rng_state(), torch.manual_seed(global_seed).get_state())  # untouched
+    assert torch.equal(heads[0], heads[1])

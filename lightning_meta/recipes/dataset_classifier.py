@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import torch
@@ -56,13 +57,16 @@ class DatasetClassifier(ConvClassifier):
         self.heads = nn.ModuleList()  # multi_head: one per meta-training data set, built in setup
         self.train_classes: list[int] = []  # classes of each meta-training data set, read in setup
         self._task: int | None = None  # position in the stream of the task being trained
+        self.data_seed = 0  # the data module's seed, read in setup; seeds the head of each task
 
     def setup(self, stage: str) -> None:
         """Read the classes of the data module's tasks; every split's must fit the heads (checked now rather than
         when the held-out evaluation reaches a big data set)."""
-        tasks = getattr(getattr(self.trainer, "datamodule", None), "tasks", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tasks = getattr(datamodule, "tasks", None)
         if stage != "fit" or tasks is None:
             return
+        self.data_seed = getattr(datamodule, "seed", 0)
         self.train_classes = [task.num_classes for task in tasks("train")]
         self._check_classes(max((task.num_classes for split in SPLITS for task in tasks(split)), default=1))
         if self.multi_head and not self.heads:
@@ -83,10 +87,14 @@ class DatasetClassifier(ConvClassifier):
         self.active_classes = num_classes
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At a new task of the stream, draw its head from a seed of the task's position (and the data module's
+        seed): every DDP process draws the same head, whatever its global RNG did, and the global RNG is untouched."""
         task = getattr(batch, "task", None)
         if task is not None and task != self._task and not self.multi_head:
             self._task = task
-            self.start_task(self.train_classes[batch.split_index])
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(zlib.crc32(f"{self.data_seed}:{task}".encode()))
+                self.start_task(self.train_classes[batch.split_index])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The task being trained, so that a run resumed in the middle of a task keeps its head."""
