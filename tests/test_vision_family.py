@@ -201,3 +201,24 @@ def test_selectable_from_yaml_by_class_path() -> None:
     assert isinstance(cli.model, DatasetClassifier) and cli.model.hparams.cosine_steps == cli.datamodule.inner_steps == 100
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, MetaEvaluation))
     assert evaluation.early_stopping == HeldOutEarlyStopping(patience=4, every=25, fraction=0.1)
+
+
+def test_leap_meta_trains_on_data_sets_and_evaluates_a_held_out_one_with_early_stopping(mnist_root: Path) -> None:
+    """The recipe's pieces together on the tiny idx files: two data sets to meta-train on, MNIST held out."""
+    from helpers import make_trainer
+
+    from lightning_meta import HeldOutEarlyStopping, Leap, MetaEvaluation
+    from lightning_meta.recipes import DatasetClassifier
+
+    torch.manual_seed(0)
+    family = VisionDatasets(train=["fashion_mnist", "kmnist"], val=[], test=["mnist"], root=str(mnist_root))
+    data = TaskDataModule(family, inner_steps=3, meta_batch_size=2, batch_size=6)
+    leap = Leap(p=2, include=r"^encoder\.", meta_optimizer="Adam", meta_lr=0.01)
+    evaluation = MetaEvaluation(baseline=False, inner_steps=8, early_stopping=HeldOutEarlyStopping(patience=1, every=2))
+    model = DatasetClassifier(max_classes=10, channels=4, blocks=2, cosine_steps=3)
+    make_trainer([leap, evaluation], max_steps=6).fit(model, datamodule=data)
+    assert leap.meta_steps == 1 and evaluation.task_names == ["mnist"]
+    curves = evaluation.history[-1][1]
+    steps = int(curves.steps[0])
+    assert steps in (4, 6, 8) and curves.error.shape == (1, 8)  # a stop needs two checks (every 2 steps), or the end
+    assert torch.equal(curves.error[0, steps:], curves.error[0, steps - 1].expand(8 - steps))
