@@ -106,6 +106,44 @@ def test_svhn_mat_files_read_back_with_label_10_as_0_in_grey(tmp_path: Path, mon
     assert (task.train.images[:, 0].int() - grey).abs().max() <= 1
 
 
+def test_stl10_binary_files_read_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STL-10's binary format: uint8 images [N, 3, 96, 96] stored column-major, labels 1..10 as bytes."""
+    file_names_only(monkeypatch, torchvision.datasets.stl10)
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    images = {split: rng.integers(0, 256, (count, 3, 96, 96), dtype=np.uint8) for split, count in (("train", 3), ("test", 2))}
+    for split, pictures in images.items():
+        (folder / f"{split}_X.bin").write_bytes(np.transpose(pictures, (0, 1, 3, 2)).tobytes())
+        (folder / f"{split}_y.bin").write_bytes(np.arange(1, len(pictures) + 1, dtype=np.uint8).tobytes())
+    (folder / "unlabeled_X.bin").write_bytes(b"")
+    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)))
+    task = VisionDatasets(train=["stl10"], val=[], test=[], root=str(tmp_path), size=96, channels=3).task("stl10")
+    assert torch.equal(task.train.images, torch.from_numpy(images["train"])) and task.train.labels.tolist() == [0, 1, 2]
+    assert torch.equal(task.test.images, torch.from_numpy(images["test"])) and task.test.labels.tolist() == [0, 1]
+
+
+def test_gtsrb_folders_and_test_csv_read_back(tmp_path: Path) -> None:
+    """GTSRB's layout: Training/<5-digit class>/<image>.ppm; Final_Test/Images/<image>.ppm with labels in a CSV."""
+    base = tmp_path / "gtsrb"
+    colours = [(200, 30, 30), (20, 180, 60), (40, 40, 220)]
+    for label, colour in enumerate(colours):
+        (base / "GTSRB" / "Training" / f"{label:05d}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (30 + 7 * i, 33), colour).save(base / "GTSRB" / "Training" / f"{label:05d}" / f"{i:05d}.ppm")
+    (base / "GTSRB" / "Final_Test" / "Images").mkdir(parents=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for i, label in enumerate([2, 0]):
+        Image.new("RGB", (40, 41), colours[label]).save(base / "GTSRB" / "Final_Test" / "Images" / f"{i:05d}.ppm")
+        rows.append(f"{i:05d}.ppm;40;41;5;5;35;36;{label}")
+    (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    task = VisionDatasets(train=["gtsrb"], val=[], test=[], root=str(tmp_path), size=16, channels=3).task("gtsrb")
+    assert task.train.labels.tolist() == [0, 0, 1, 1, 2, 2] and task.test.labels.tolist() == [2, 0]
+    for data in (task.train, task.test):
+        for image, label in zip(data.images, data.labels):
+            assert image.shape == (3, 16, 16) and image[:, 8, 8].tolist() == list(colours[int(label)])
+
+
 def write_image_folder(root: Path, counts: dict[str, int]) -> dict[str, tuple[int, int, int]]:
     """One solid RGB colour per class; returns the colours."""
     colours = {}
