@@ -78,7 +78,7 @@ def test_a_nan_task_on_one_process_is_dropped_on_all(tmp_path):
 def test_meta_evaluation_splits_tasks_over_processes_and_gathers_them(tmp_path):
     two = run(tmp_path, "two", method="reptile", devices=2, meta_steps=1, evaluate=True)
     one = run(tmp_path, "one", method="reptile", devices=1, meta_steps=1, evaluate=True)
-    for part in ("loss", "error", "test_accuracy"):
+    for part in ("loss", "error", "test_accuracy", "train_accuracy", "steps"):
         torch.testing.assert_close(getattr(two["evaluation"], part), getattr(one["evaluation"], part), rtol=1e-4, atol=1e-5)
 
 

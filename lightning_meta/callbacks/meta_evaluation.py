@@ -4,9 +4,14 @@ Every ``every_n_meta_steps`` meta-steps and at the end of fit, a copy of the mod
 the :class:`~lightning_meta.callbacks.MetaInit` callback of the Trainer, or the module's own weights when there is
 none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` (or
 ``configure_inner_optimizer``, where a MAML module has one) and ``training_step``. It records the training loss and
-error of every step and the final accuracy on the task's held-out images, logs their means and learning-curve AUCs,
-and draws the mean curves next to those of the weights the run started from. The training run itself is left
-untouched: weights, meta-state and RNG streams.
+error of every step and the final accuracy on the task's held-out images and on its training images, logs their
+means and learning-curve AUCs, and draws the mean curves next to those of the weights the run started from. The
+training run itself is left untouched: weights, meta-state and RNG streams.
+
+A module with a ``start_task(num_classes)`` method (e.g. :class:`~lightning_meta.recipes.DatasetClassifier`, whose
+head is a task parameter) has it called at the start of every held-out task. With ``early_stopping`` each held-out
+task trains on part of its training images, stops when the error on the rest stops improving and is scored with
+the weights of the lowest validation error (:class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`).
 
 Examples:
     >>> import lightning as L
@@ -19,18 +24,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.core.optimizer import _configure_optimizers
+from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import plot_learning_curves, plt
@@ -38,14 +44,22 @@ from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import muted_logging, training_loss
 
+SCORING_BATCH = 1024
+"""Images per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
+
 
 @dataclass
 class HeldOutCurves:
-    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]``, ``test_accuracy`` ``[tasks]``."""
+    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]``; ``test_accuracy`` and
+    ``train_accuracy`` (on the images the task trained on) ``[tasks]``, scored after training; ``steps`` ``[tasks]``
+    the steps each task trained (fewer than ``inner_steps`` when early stopping cut it short: the curves then stay
+    at their last value)."""
 
     loss: Tensor
     error: Tensor
     test_accuracy: Tensor
+    train_accuracy: Tensor
+    steps: Tensor
 
     def summary(self) -> dict[str, float]:
         return {
@@ -73,10 +87,11 @@ def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, A
     inner = getattr(model, "configure_inner_optimizer", None)
     if inner is not None:
         return inner(), []
-    optimizers, schedulers, _ = _configure_optimizers(model.configure_optimizers())  # type: ignore[arg-type]
+    optimizers, schedulers, monitor = _configure_optimizers(model.configure_optimizers())  # type: ignore[arg-type]
     if len(optimizers) != 1:
         raise MisconfigurationException("MetaEvaluation trains held-out tasks with one optimizer")
-    per_step = [config.scheduler for config in schedulers if config.interval == "step"]
+    configs = _configure_schedulers_automatic_opt(schedulers, monitor)
+    per_step = [config.scheduler for config in configs if config.interval == "step"]
     return optimizers[0], per_step
 
 
@@ -91,29 +106,36 @@ def adapt(
     seed: int,
     batch_statistics: bool = True,
     indices: Sequence[int] | None = None,
+    early_stopping: HeldOutEarlyStopping | None = None,
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
     The held-out accuracy uses the module in training mode (BatchNorm with the statistics of the held-out batch)
     when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps). Task ``i`` is
     seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
-    which other tasks are evaluated with it.
+    which other tasks are evaluated with it. ``early_stopping``: see
+    :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`.
     """
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
-        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), torch.empty(0))
+        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(3, 0))
     device = pl_module.device
     model = copy.deepcopy(pl_module)
     hook = _LogitsHook(model)
-    losses, errors, accuracies = [], [], []
+    losses, errors, accuracies, train_accuracies, steps = [], [], [], [], []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), muted_logging(model):
         for index, task in zip(indices if indices is not None else range(len(tasks)), tasks):
             torch.manual_seed(seed + index)
             model.load_state_dict(state)
+            start_task = getattr(model, "start_task", None)
+            if callable(start_task):
+                start_task(task.num_classes)
             model.train()
             optimizer, schedulers = _fresh_optimizer(model)
-            sampler = TaskBatchSampler([dataset_length(task.train)], batch_size, inner_steps, 1, seed=seed + index)
-            loader = DataLoader(TaskStreamDataset([task]), batch_sampler=sampler, collate_fn=collate_task_batch)
+            fit, validation = early_stopping.split(task, seed + index) if early_stopping else (task, task.test)
+            monitor = early_stopping.monitor(model) if early_stopping else None
+            sampler = TaskBatchSampler([dataset_length(fit.train)], batch_size, inner_steps, 1, seed=seed + index)
+            loader = DataLoader(TaskStreamDataset([fit]), batch_sampler=sampler, collate_fn=collate_task_batch)
             task_losses, task_errors = [], []
             for step, batch in enumerate(loader):
                 x, y = batch.inputs.to(device), batch.targets.to(device)
@@ -127,20 +149,37 @@ def adapt(
                 optimizer.step()
                 for scheduler in schedulers:
                     scheduler.step()
-            losses.append(torch.stack(task_losses))
-            errors.append(torch.stack(task_errors))
-            accuracies.append(_accuracy(model, task, device, batch_statistics))
+                done = step + 1
+                if monitor is not None and (monitor.due(done) or done == inner_steps):
+                    error = 1 - float(_accuracy(model, validation, device, batch_statistics))
+                    model.train()
+                    if monitor.should_stop(done, error):
+                        break
+            if monitor is not None:
+                monitor.restore_best()
+            steps.append(torch.tensor(float(len(task_losses))))
+            losses.append(_extend(torch.stack(task_losses), inner_steps))
+            errors.append(_extend(torch.stack(task_errors), inner_steps))
+            accuracies.append(_accuracy(model, task.test, device, batch_statistics))
+            train_accuracies.append(_accuracy(model, fit.train, device, batch_statistics))
     hook.handle.remove()
-    loss, error = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
-    return HeldOutCurves(loss, error, torch.stack(accuracies).cpu())
+    loss_curves, error_curves = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
+    accuracy, train_accuracy = torch.stack(accuracies).cpu(), torch.stack(train_accuracies).cpu()
+    return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps))
+
+
+def _extend(curve: Tensor, length: int) -> Tensor:
+    """A curve cut short by early stopping, held at its last value up to ``length`` steps."""
+    return torch.cat([curve, curve[-1:].expand(length - len(curve))])
 
 
 @torch.no_grad()
-def _accuracy(model: L.LightningModule, task: Task, device: torch.device, batch_statistics: bool) -> Tensor:
+def _accuracy(model: L.LightningModule, data: Dataset, device: torch.device, batch_statistics: bool) -> Tensor:
     model.train(batch_statistics)
-    loader = DataLoader(task.test, batch_size=dataset_length(task.test) if batch_statistics else 256)
+    size = dataset_length(data)
+    loader = DataLoader(data, batch_size=min(size, SCORING_BATCH) if batch_statistics else 256)
     correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
-    return torch.tensor(correct / dataset_length(task.test))
+    return torch.tensor(correct / size)
 
 
 class MetaEvaluation(L.Callback):
@@ -158,6 +197,8 @@ class MetaEvaluation(L.Callback):
             transductive few-shot protocol); ``False`` uses eval mode, whose running statistics are still far from
             converged after a few dozen steps on a new task.
         plot_path: where to write the PNG (default: ``<log_dir>/meta_evaluation_<split>.png``).
+        early_stopping: stop each held-out task when the error on a validation split of its training images stops
+            improving (``None``: every task trains ``inner_steps`` steps).
     """
 
     def __init__(
@@ -171,6 +212,7 @@ class MetaEvaluation(L.Callback):
         baseline: bool = True,
         batch_statistics: bool = True,
         plot_path: str | None = None,
+        early_stopping: HeldOutEarlyStopping | None = None,
     ) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -183,6 +225,7 @@ class MetaEvaluation(L.Callback):
         self.baseline = baseline
         self.batch_statistics = batch_statistics
         self.plot_path = plot_path
+        self.early_stopping = early_stopping
         self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
         self.initial: HeldOutCurves | None = None
         self._initial_state: dict[str, Tensor] | None = None
@@ -201,6 +244,11 @@ class MetaEvaluation(L.Callback):
         self.inner_steps = self.inner_steps or datamodule.inner_steps
         self.batch_size = self.batch_size or datamodule.batch_size
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+
+    @property
+    def task_names(self) -> list[str]:
+        """Names of the evaluated tasks, in the order of the rows of the curves."""
+        return [task.name for task in self._tasks]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.baseline and self._initial_state is None:
@@ -253,12 +301,11 @@ class MetaEvaluation(L.Callback):
             self.seed,
             self.batch_statistics,
             indices,
+            self.early_stopping,
         )
         if world_size == 1:
             return mine
-        return HeldOutCurves(
-            *(self._gather(trainer, pl_module, part) for part in (mine.loss, mine.error, mine.test_accuracy))
-        )
+        return HeldOutCurves(*(self._gather(trainer, pl_module, getattr(mine, part.name)) for part in fields(mine)))
 
     def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule, part: Tensor) -> Tensor:
         """Rows of every process, back in task order (padded with NaN to the same count for the all-gather)."""

@@ -7,6 +7,7 @@ from lightning_meta.tasks.glyphs import GlyphAlphabets
 from lightning_meta.tasks.omniglot import Omniglot
 from lightning_meta.tasks.quadratics import RandomQuadratics
 from lightning_meta.tasks.stream import TaskBatch
+from lightning_meta.tasks.vision import VisionDatasets
 
 __all__ = [
     "EpisodeBatch",
@@ -19,4 +20,5 @@ __all__ = [
     "TaskBatch",
     "TaskDataModule",
     "TaskFamily",
+    "VisionDatasets",
 ]

@@ -1,0 +1,127 @@
+"""A conv classifier for tasks with different numbers of classes: a shared encoder and a fresh head per task.
+
+Examples:
+    >>> import torch
+    >>> from lightning_meta.recipes import DatasetClassifier
+    >>> model = DatasetClassifier(max_classes=100, cosine_steps=1000)
+    >>> model.start_task(num_classes=10)  # a new task: a freshly initialised 10-way head
+    >>> model(torch.zeros(5, 1, 28, 28)).shape
+    torch.Size([5, 10])
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+from lightning_meta.recipes.classifier import ConvClassifier
+from lightning_meta.tasks.family import SPLITS
+
+
+class DatasetClassifier(ConvClassifier):
+    """:class:`~lightning_meta.recipes.ConvClassifier` whose linear head is a task parameter, not a meta-parameter.
+
+    The head has ``max_classes`` outputs of which a task with ``n`` classes uses the first ``n``: exactly an
+    ``n``-way linear head (the other rows get no gradient), kept at one shape so that the Trainer's optimizer keeps
+    holding the same tensors. :meth:`start_task` draws a fresh head; the module calls it whenever a batch of a new
+    task of the stream arrives, and :class:`~lightning_meta.MetaEvaluation` at the start of every held-out task.
+    Meta-learn the encoder only: ``Leap(include="encoder")``.
+
+    With ``multi_head=True`` (the multi-headed fine-tuning baseline) each meta-training data set keeps its own
+    head for the whole run instead (built in ``setup`` from the data module's training tasks); held-out tasks still
+    get the fresh ``head``.
+
+    Args:
+        max_classes: outputs of the heads, at least the classes of the largest task.
+        cosine_steps: period of the inner learning-rate schedule, cosine annealing from ``lr`` towards 0 that
+            restarts every ``cosine_steps`` optimizer steps (set it to the steps per task); ``None``: constant.
+        multi_head: one persistent head per meta-training data set.
+        **kwargs: the :class:`~lightning_meta.recipes.ConvClassifier` arguments but ``num_classes``.
+    """
+
+    def __init__(
+        self, max_classes: int = 100, cosine_steps: int | None = None, multi_head: bool = False, **kwargs: Any
+    ) -> None:
+        if "num_classes" in kwargs:
+            raise ValueError("DatasetClassifier sizes its heads with max_classes; the classes come from each task")
+        if cosine_steps is not None and cosine_steps < 1:
+            raise ValueError(f"cosine_steps must be >= 1 or None, got {cosine_steps}")
+        super().__init__(num_classes=max_classes, **kwargs)
+        self.max_classes = max_classes
+        self.cosine_steps = cosine_steps
+        self.multi_head = multi_head
+        self.active_classes = max_classes  # classes of the task being trained
+        self.heads = nn.ModuleList()  # multi_head: one per meta-training data set, built in setup
+        self.train_classes: list[int] = []  # classes of each meta-training data set, read in setup
+        self._task: int | None = None  # position in the stream of the task being trained
+        self.data_seed = 0  # the data module's seed, read in setup; seeds the head of each task
+
+    def setup(self, stage: str) -> None:
+        """Read the classes of the data module's tasks; every split's must fit the heads (checked now rather than
+        when the held-out evaluation reaches a big data set)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tasks = getattr(datamodule, "tasks", None)
+        if stage != "fit" or tasks is None:
+            return
+        self.data_seed = getattr(datamodule, "seed", 0)
+        self.train_classes = [task.num_classes for task in tasks("train")]
+        self._check_classes(max((task.num_classes for split in SPLITS for task in tasks(split)), default=1))
+        if self.multi_head and not self.heads:
+            self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in self.train_classes)
+
+    def _check_classes(self, num_classes: int) -> None:
+        if not 1 <= num_classes <= self.max_classes:
+            raise MisconfigurationException(
+                f"a task has {num_classes} classes but DatasetClassifier(max_classes={self.max_classes}): "
+                "raise max_classes to the largest task's classes"
+            )
+
+    @torch.no_grad()
+    def start_task(self, num_classes: int) -> None:
+        """A new task with ``num_classes`` classes begins: draw a fresh head and use its first ``num_classes`` rows."""
+        self._check_classes(num_classes)
+        self.head.reset_parameters()
+        self.active_classes = num_classes
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """At a new task of the stream, draw its head from a seed of the task's position (and the data module's
+        seed): every DDP process draws the same head, whatever its global RNG did, and the global RNG is untouched."""
+        task = getattr(batch, "task", None)
+        if task is not None and task != self._task and not self.multi_head:
+            self._task = task
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(zlib.crc32(f"{self.data_seed}:{task}".encode()))
+                self.start_task(self.train_classes[batch.split_index])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The task being trained, so that a run resumed in the middle of a task keeps its head."""
+        checkpoint["dataset_classifier"] = {"task": self._task, "active_classes": self.active_classes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("dataset_classifier", {})
+        self._task = state.get("task")
+        self.active_classes = state.get("active_classes", self.max_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))[:, : self.active_classes]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        index = getattr(batch, "split_index", None)
+        if not self.multi_head or index is None:
+            return super().training_step(batch, batch_idx)
+        x, y = batch
+        loss = F.cross_entropy(self.heads[index](self.encoder(x))[:, : self.train_classes[index]], y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = super().configure_optimizers()
+        if self.cosine_steps is None:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=self.cosine_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
