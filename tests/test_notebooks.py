@@ -36,7 +36,7 @@ def test_committed_notebook_has_no_outputs(path: Path):
     dirty = [i for i, cell in enumerate(code_cells) if cell.get("outputs") or cell.get("execution_count") is not None]
     assert not dirty, (
         f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing "
-        f"(jupyter nbconvert --clear-output --inplace {path.relative_to(REPOSITORY)})"
+        "(JupyterLab or VS Code: 'Clear All Outputs', then save)"
     )
 
 
