@@ -26,13 +26,26 @@ def test_the_three_tutorials_are_there():
     ]
 
 
+def cells_with_outputs(notebook: dict) -> list[int]:
+    """Indices of the code cells that carry outputs or an execution count."""
+    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    return [i for i, cell in enumerate(code_cells) if cell.get("outputs") or cell.get("execution_count") is not None]
+
+
+def test_the_output_check_sees_outputs_and_counts():
+    clean = nbformat.v4.new_code_cell("1 + 1")
+    counted = nbformat.v4.new_code_cell("1 + 1", execution_count=3)
+    printed = nbformat.v4.new_code_cell("print(2)", outputs=[nbformat.v4.new_output("stream", text="2\n")])
+    notebook = nbformat.v4.new_notebook(cells=[clean, nbformat.v4.new_markdown_cell("text"), counted, printed])
+    assert cells_with_outputs(notebook) == [1, 2]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_committed_notebook_has_no_outputs(path: Path):
     """Outputs (figures, logs, numbers of one machine) and execution counts stay out of git."""
     notebook = json.loads(path.read_text())
-    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
-    assert code_cells, f"{path.name} has no code"
-    dirty = [i for i, cell in enumerate(code_cells) if cell.get("outputs") or cell.get("execution_count") is not None]
+    assert any(cell["cell_type"] == "code" for cell in notebook["cells"]), f"{path.name} has no code"
+    dirty = cells_with_outputs(notebook)
     assert not dirty, (
         f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing "
         "(JupyterLab or VS Code: 'Clear All Outputs', then save)"
