@@ -31,7 +31,11 @@ import time
 from pathlib import Path
 
 import lightning as L
+import matplotlib
 import torch
+
+matplotlib.use("Agg")  # a script that only writes files
+import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -39,7 +43,6 @@ from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
 
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, unroll  # noqa: E402
 from lightning_meta.optim.training import LearnedOptimizerTraining  # noqa: E402
-from lightning_meta.plotting import plt  # noqa: E402
 from lightning_meta.tasks import EpisodeDataModule  # noqa: E402
 from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
 

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+from matplotlib.figure import Figure
+from torch import Tensor
 
 
 def plot_learning_curves(curves: dict[str, tuple[Tensor, Tensor]], path: Path, title: str) -> Path:
     """Two panels (training loss, training error) of ``{label: (loss [tasks, steps], error [tasks, steps])}``."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    figure = Figure(figsize=(10, 4), layout="constrained")  # no pyplot: works under any backend, leaves it alone
+    axes = figure.subplots(1, 2)
     for label, pair in curves.items():
         for axis, values in zip(axes, pair):
             steps = range(1, values.shape[-1] + 1)
@@ -38,5 +36,4 @@ def plot_learning_curves(curves: dict[str, tuple[Tensor, Tensor]], path: Path, t
     figure.suptitle(f"Mean learning curves on {title} (band: one std across tasks)")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
