@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.datamodule import StreamDataModule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import TaskBatch
 from lightning_meta.utils import ParamFilter, parameter_filter
@@ -167,7 +167,7 @@ class MetaInit(L.Callback):
                 f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
                 f"{type(trainer.strategy).__name__}."
             )
-        datamodule = trainer.datamodule if isinstance(trainer.datamodule, TaskDataModule) else None
+        datamodule = trainer.datamodule if isinstance(trainer.datamodule, StreamDataModule) else None
         self.inner_steps = self._agree("inner_steps", datamodule)
         if self.inner_steps is None:
             raise MisconfigurationException(
@@ -195,12 +195,12 @@ class MetaInit(L.Callback):
             p.grad = torch.zeros_like(p)
         self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
 
-    def _agree(self, name: str, datamodule: TaskDataModule | None) -> int | None:
+    def _agree(self, name: str, datamodule: StreamDataModule | None) -> int | None:
         """The callback's value of a size, or the data module's; both given and different is an error."""
         mine, theirs = getattr(self, name), getattr(datamodule, name, None)
         if mine is not None and theirs is not None and mine != theirs:
             raise MisconfigurationException(
-                f"{type(self).__name__}({name}={mine}) disagrees with TaskDataModule({name}={theirs}): tasks would be "
+                f"{type(self).__name__}({name}={mine}) disagrees with {type(datamodule).__name__}({name}={theirs}): tasks would be "
                 "cut or grouped at the wrong steps. Pass the same value, or leave the callback's as None."
             )
         return mine if mine is not None else theirs
@@ -226,7 +226,7 @@ class MetaInit(L.Callback):
         if self._saved_schedule is not None:  # the loops' progress (global_step) is restored only now
             self._resume_schedule(*self._saved_schedule, trainer.global_step)
             self._saved_schedule = None
-            if isinstance(trainer.datamodule, TaskDataModule):
+            if isinstance(trainer.datamodule, StreamDataModule):
                 trainer.datamodule.schedule = self.schedule
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
@@ -234,7 +234,7 @@ class MetaInit(L.Callback):
             trainer.strategy.model.require_backward_grad_sync = False  # type: ignore[union-attr]
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if isinstance(trainer.datamodule, TaskDataModule):
+        if isinstance(trainer.datamodule, StreamDataModule):
             trainer.datamodule.schedule = None  # the data module may be reused without this callback
 
     # ----------------------------------------------------------------- the loop
