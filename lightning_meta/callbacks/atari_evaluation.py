@@ -93,8 +93,9 @@ def random_state(pl_module: L.LightningModule, seed: int) -> dict[str, Tensor]:
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
         for layer in model.modules():
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
+            reset = getattr(layer, "reset_parameters", None)
+            if callable(reset):
+                reset()
     return model.state_dict()
 
 
@@ -138,7 +139,7 @@ class AtariEvaluation(L.Callback):
         self.steps = torch.linspace(env_steps / points, env_steps, points)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        data = trainer.datamodule
+        data = getattr(trainer, "datamodule", None)
         if not isinstance(data, AtariDataModule):
             raise MisconfigurationException("AtariEvaluation plays the held-out games of an AtariDataModule (datamodule=...)")
         games = data.games.games("test")
@@ -163,7 +164,7 @@ class AtariEvaluation(L.Callback):
         trainer.strategy.barrier("atari_evaluation")
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, Tensor]]:
-        data = trainer.datamodule
+        data = getattr(trainer, "datamodule", None)
         assert isinstance(data, AtariDataModule)
         meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
         learned = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
-from lightning_meta.plotting import plot_learning_curves, plt
+from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.tasks.family import Split, Task
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import muted_logging, training_loss
@@ -272,11 +272,6 @@ class MetaEvaluation(L.Callback):
         path = path or self._plot_path(trainer)
         title = f"{len(self._tasks)} held-out {self.split} tasks"
         plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
-        key = f"meta_eval/{self.split}/learning_curves"
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):  # W&B, Neptune
-                logger.log_image(key=key, images=[str(path)])
-            elif hasattr(logger.experiment, "add_image"):  # TensorBoard
-                logger.experiment.add_image(key, plt.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
+        log_image(trainer.loggers, f"meta_eval/{self.split}/learning_curves", path, trainer.global_step)
         rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
         return path

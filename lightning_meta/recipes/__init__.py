@@ -1,6 +1,7 @@
 """Reusable LightningModules of the recipes."""
 
+from lightning_meta.recipes.actor_critic import AtariActorCritic
 from lightning_meta.recipes.classifier import ConvClassifier, MultiHeadClassifier
 from lightning_meta.recipes.maml_classifier import MAMLClassifier
 
-__all__ = ["ConvClassifier", "MAMLClassifier", "MultiHeadClassifier"]
+__all__ = ["AtariActorCritic", "ConvClassifier", "MAMLClassifier", "MultiHeadClassifier"]

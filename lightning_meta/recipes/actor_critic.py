@@ -72,6 +72,11 @@ class AtariActorCritic(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.max_actions = max_actions
+        self.lr, self.eps, self.alpha = lr, eps, alpha
+        self.entropy_cost, self.value_cost, self.discount = entropy_cost, value_cost, discount
+        self.seed = seed
+        self.cpu_threads = cpu_threads
         self.encoder = nn.Sequential(
             nn.Conv2d(4, 16, 8, stride=4), nn.ReLU(),
             nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
@@ -83,8 +88,8 @@ class AtariActorCritic(L.LightningModule):
         self.active_task: int | None = None  # the task whose heads the module holds
 
     def setup(self, stage: str) -> None:
-        if self.hparams.cpu_threads is not None:
-            torch.set_num_threads(self.hparams.cpu_threads)
+        if self.cpu_threads is not None:
+            torch.set_num_threads(self.cpu_threads)
 
     def forward(self, observations: Tensor) -> tuple[Tensor, Tensor]:
         """Policy logits over the current game's actions and state values of ``uint8 [B, 4, 84, 84]`` frames."""
@@ -100,9 +105,9 @@ class AtariActorCritic(L.LightningModule):
     @torch.no_grad()
     def start_task(self, task: int, num_actions: int) -> None:
         """Fresh heads for a new game, drawn from ``(seed, task)``."""
-        if num_actions > self.hparams.max_actions:
-            raise ValueError(f"the game has {num_actions} actions, more than max_actions={self.hparams.max_actions}")
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.hparams.seed, task % 2**32]).integers(2**62)))
+        if num_actions > self.max_actions:
+            raise ValueError(f"the game has {num_actions} actions, more than max_actions={self.max_actions}")
+        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, task % 2**32]).integers(2**62)))
         for head in (self.policy, self.value):
             bound = 1.0 / head.in_features**0.5  # nn.Linear's default initialisation
             for tensor in (head.weight, head.bias):
@@ -134,13 +139,13 @@ class AtariActorCritic(L.LightningModule):
         logits, values = self(everything)
         bootstrap = values[steps * envs :].detach()
         logits, values = logits[: steps * envs].view(steps, envs, -1), values[: steps * envs].view(steps, envs)
-        returns = n_step_returns(batch.rewards.clamp(-1.0, 1.0), batch.dones, bootstrap, self.hparams.discount)
+        returns = n_step_returns(batch.rewards.clamp(-1.0, 1.0), batch.dones, bootstrap, self.discount)
         advantages = returns - values
         distribution = Categorical(logits=logits)
         policy_loss = -(distribution.log_prob(batch.actions) * advantages.detach()).mean()
         value_loss = 0.5 * advantages.square().mean()
         entropy = distribution.entropy().mean()
-        loss = policy_loss + self.hparams.value_cost * value_loss - self.hparams.entropy_cost * entropy
+        loss = policy_loss + self.value_cost * value_loss - self.entropy_cost * entropy
         self.log_dict(
             {"train/loss": loss, "train/policy_loss": policy_loss, "train/value_loss": value_loss, "train/entropy": entropy},
             on_step=True, batch_size=steps * envs,
@@ -148,11 +153,10 @@ class AtariActorCritic(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        return torch.optim.RMSprop(self.parameters(), lr=hp.lr, eps=hp.eps, alpha=hp.alpha)
+        return torch.optim.RMSprop(self.parameters(), lr=self.lr, eps=self.eps, alpha=self.alpha)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["atari_task"] = (self.active_task, self.num_actions)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.active_task, self.num_actions = checkpoint.get("atari_task", (None, self.hparams.max_actions))
+        self.active_task, self.num_actions = checkpoint.get("atari_task", (None, self.max_actions))

@@ -75,20 +75,16 @@ class AtariDataModule(StreamDataModule):
             if value is not None and value < 1:
                 raise ValueError(f"AtariDataModule: {name} must be >= 1, got {value}")
         self.games = games if games is not None else AtariGames()
-        self.num_envs = num_envs
-        self.unroll = unroll
-        self.asynchronous = asynchronous
-        self.repeat_action_probability = repeat_action_probability
-        self.max_episode_steps = max_episode_steps
         self.seed = seed
+        # the settings of every collector this data module makes (a collector makes no environment until it plays)
+        self.settings = RolloutCollector(
+            self.games, num_envs, unroll, asynchronous, repeat_action_probability, max_episode_steps, seed
+        )
         self.collector: RolloutCollector | None = None
 
     def make_collector(self, seed: int) -> RolloutCollector:
         """A collector with this data module's settings (evaluation callbacks make their own)."""
-        return RolloutCollector(
-            self.games, self.num_envs, self.unroll, self.asynchronous, self.repeat_action_probability,
-            self.max_episode_steps, seed,
-        )  # fmt: skip
+        return self.settings.fresh(seed)
 
     def game_of_task(self, task: int) -> str:
         """The meta-training game at a position of the task stream."""

@@ -111,6 +111,13 @@ class RolloutCollector:
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._env_steps = 0
 
+    def fresh(self, seed: int) -> RolloutCollector:
+        """A new collector with the same settings and another seed."""
+        return RolloutCollector(
+            self.games, self.num_envs, self.unroll, self.asynchronous, self.repeat_action_probability,
+            self.max_episode_steps, seed,
+        )  # fmt: skip
+
     def _start_task(self, rollout: Rollout) -> None:
         if rollout.game != self.game:
             self.close()
