@@ -172,3 +172,14 @@ def test_quick_recipe_end_to_end_with_wandb(tmp_path):
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list((run / "files" / "media" / "images" / "atari_eval").rglob("learning_curves_*.png"))
     assert b"atari_eval/Breakout/meta-learned_encoder/final_return" in next(run.glob("run-*.wandb")).read_bytes()
+
+
+def test_paper_scale_config_builds_the_papers_agent():
+    cli = main(["--config", str(ROOT / "recipes" / "atari" / "leap.yaml")], run=False)
+    model, data = cli.model, cli.datamodule
+    assert isinstance(model, AtariActorCritic) and isinstance(data, AtariDataModule)
+    assert (model.lr, model.eps, model.alpha, model.entropy_cost, model.discount) == (1e-4, 1e-4, 0.99, 0.01, 0.99)
+    assert data.settings.unroll == 5 and data.games.games("test") == ["Breakout", "SpaceInvaders"]
+    (leap,) = [c for c in cli.trainer.callbacks if isinstance(c, Leap)]
+    assert leap.p == 2 and leap.include == "encoder"
+    assert cli.config["trainer"]["accelerator"] == "auto"
