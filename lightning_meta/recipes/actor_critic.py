@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any
 
 import lightning as L
@@ -86,6 +88,7 @@ class AtariActorCritic(L.LightningModule):
         self.value = nn.Linear(256, 1)
         self.num_actions = max_actions
         self.active_task: int | None = None  # the task whose heads the module holds
+        self.recent_returns: deque[float] = deque(maxlen=10)  # raw returns of the task's last finished episodes
 
     def setup(self, stage: str) -> None:
         if self.cpu_threads is not None:
@@ -114,17 +117,21 @@ class AtariActorCritic(L.LightningModule):
                 tensor.copy_(torch.empty(tensor.shape).uniform_(-bound, bound, generator=generator))
         self.num_actions = num_actions
         self.active_task = task
+        self.recent_returns.clear()
 
     def on_train_batch_start(self, batch: Rollout, batch_idx: int) -> None:
-        """Start the batch's task if it is new, play the rollout with the current policy and log finished episodes."""
+        """Start the batch's task if it is new, play the rollout with the current policy and log the mean raw return of
+        the task's last 10 finished episodes."""
         if batch.task != self.active_task:
             self.start_task(batch.task, batch.num_actions)
         batch.collect(self.act, self.device)
-        if batch.episode_returns:
-            returns = torch.tensor(batch.episode_returns)
-            self.log("train/episode_return", returns.mean(), on_step=True, batch_size=len(returns))
-            self.log(f"train/episode_return/{batch.game}", returns.mean(), on_step=True, batch_size=len(returns))
-        self.log("train/env_steps", float(batch.env_steps), on_step=True)
+        self.recent_returns.extend(batch.episode_returns)
+        # logged at every step (Lightning repeats a value's last log at steps that do not log it): NaN until the
+        # task's first episode ends
+        recent = torch.tensor(self.recent_returns or [math.nan], dtype=torch.float64).mean()
+        self.log_dict(
+            {"train/episode_return": recent.float(), "train/env_steps": float(batch.env_steps)}, on_step=True, batch_size=1
+        )
 
     def training_step(self, batch: Rollout, batch_idx: int) -> Tensor:
         if not batch.collected:
