@@ -17,6 +17,7 @@ from lightning_meta.recipes.actor_critic import n_step_returns
 from lightning_meta.tasks import AtariDataModule, AtariGames
 from lightning_meta.tasks.atari import make_vector_env
 from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
+from lightning_meta.tasks.schedule import TaskSchedule
 
 ROOT = Path(__file__).parents[1]
 
@@ -183,3 +184,21 @@ def test_paper_scale_config_builds_the_papers_agent():
     (leap,) = [c for c in cli.trainer.callbacks if isinstance(c, Leap)]
     assert leap.p == 2 and leap.include == "encoder"
     assert cli.config["trainer"]["accelerator"] == "auto"
+
+
+def test_each_ddp_process_plays_the_tasks_its_schedule_gives_it():
+    data = AtariDataModule(AtariGames(train=["Pong", "Freeway", "Skiing"]), inner_steps=2, meta_batch_size=4)
+    data.setup("fit")
+    streams = []
+    for rank in (0, 1):  # task-parallel: process r trains positions r, r + 2 of each meta-batch of 4
+        data.schedule = TaskSchedule(inner_steps=2, meta_batch_size=4, world_size=2, rank=rank)
+        stream = iter(data.train_dataloader())
+        streams.append([next(stream) for _ in range(8)])
+    assert [r.task for r in streams[0]] == [0, 0, 2, 2, 4, 4, 6, 6]
+    assert [r.task for r in streams[1]] == [1, 1, 3, 3, 5, 5, 7, 7]
+    pool = ["Pong", "Freeway", "Skiing"]
+    for rollout in streams[0] + streams[1]:  # a task's game does not depend on the process
+        assert rollout.game == data.game_of_task(rollout.task) and rollout.game in pool
+    passes = [sorted(data.game_of_task(t) for t in range(start, start + 3)) for start in (0, 3)]
+    assert passes == [sorted(pool)] * 2  # every game once per pass over the pool
+    data.teardown("fit")
