@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
 
 def wandb_offline_without_key() -> None:
@@ -37,10 +37,21 @@ class ConfigToLoggers(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+class MetaCLI(LightningCLI):
+    """LightningCLI whose ``data`` is a :class:`TaskDataModule` (the default: its ``class_path`` may be left out) or
+    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``)."""
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_subclass_arguments((TaskDataModule, StreamDataModule), "data", fail_untyped=False, required=True)
+
+
+def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
     """Run ``lightning-meta``; ``args`` replaces ``sys.argv[1:]`` (handy in notebooks and tests)."""
     wandb_offline_without_key()
-    return LightningCLI(
+    return MetaCLI(
         datamodule_class=TaskDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -1,4 +1,5 @@
-"""Figures: mean learning curves with a band of one standard deviation across tasks.
+"""Figures (mean learning curves with a band of one standard deviation across tasks, returns of held-out games) and
+sending them to Lightning's loggers.
 
 Examples:
     >>> import tempfile, torch
@@ -12,9 +13,12 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.image import imread
 from torch import Tensor
 
 
@@ -34,6 +38,38 @@ def plot_learning_curves(curves: dict[str, tuple[Tensor, Tensor]], path: Path, t
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.suptitle(f"Mean learning curves on {title} (band: one std across tasks)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def log_image(loggers: Sequence[Any], key: str, path: Path, step: int) -> None:
+    """Send a PNG to every logger that takes images: W&B and Neptune (``log_image``), TensorBoard (``add_image``)."""
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[str(path)])
+            continue
+        experiment: Any = getattr(logger, "experiment", None)  # the Logger base class does not declare it
+        if hasattr(experiment, "add_image"):
+            experiment.add_image(key, imread(path)[..., :3], step, dataformats="HWC")
+
+
+def plot_return_curves(curves: dict[str, dict[str, Tensor]], steps: Tensor, path: Path, ylabel: str) -> Path:
+    """One panel per game of ``{game: {label: returns [seeds, points]}}`` against ``steps [points]``: the mean over
+    seeds with a band of one standard deviation (NaN where a seed has no finished episode yet)."""
+    figure = Figure(figsize=(5 * len(curves), 4), layout="constrained")
+    axes = figure.subplots(1, len(curves), squeeze=False)
+    for axis, (game, runs) in zip(axes[0], curves.items()):
+        for label, returns in runs.items():
+            mean = returns.nanmean(0)
+            std = (returns - mean).square().nanmean(0).sqrt()
+            axis.plot(steps, mean, label=f"{label} ({returns.shape[0]} seeds)")
+            axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        axis.set_title(game)
+        axis.set_xlabel("environment steps (agent steps of 4 frames)")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path

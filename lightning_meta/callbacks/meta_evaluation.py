@@ -33,14 +33,13 @@ import torch
 from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from matplotlib.image import imread
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
-from lightning_meta.plotting import plot_learning_curves
+from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import muted_logging, training_loss
@@ -336,13 +335,6 @@ class MetaEvaluation(L.Callback):
         path = path or self._plot_path(trainer)
         title = f"{len(self._tasks)} held-out {self.split} tasks"
         plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
-        key = f"meta_eval/{self.split}/learning_curves"
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):  # W&B, Neptune
-                logger.log_image(key=key, images=[str(path)])
-                continue
-            experiment: Any = getattr(logger, "experiment", None)  # the Logger base class does not declare it
-            if hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image(key, imread(path)[..., :3], trainer.global_step, dataformats="HWC")
+        log_image(trainer.loggers, f"meta_eval/{self.split}/learning_curves", path, trainer.global_step)
         rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
         return path

@@ -41,7 +41,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_meta.tasks.datamodule import TaskDataModule, task_datamodule
+from lightning_meta.tasks.datamodule import StreamDataModule, task_datamodule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import TaskBatch
 from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
@@ -211,13 +211,14 @@ class MetaInit(L.Callback):
             p.grad = torch.zeros_like(p)
         self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
 
-    def _agree(self, name: str, datamodule: TaskDataModule | None) -> int | None:
+    def _agree(self, name: str, datamodule: StreamDataModule | None) -> int | None:
         """The callback's value of a size, or the data module's; both given and different is an error."""
         mine, theirs = getattr(self, name), getattr(datamodule, name, None)
         if mine is not None and theirs is not None and mine != theirs:
             raise MisconfigurationException(
-                f"{type(self).__name__}({name}={mine}) disagrees with TaskDataModule({name}={theirs}): tasks would be "
-                "cut or grouped at the wrong steps. Pass the same value, or leave the callback's as None."
+                f"{type(self).__name__}({name}={mine}) disagrees with {type(datamodule).__name__}({name}={theirs}): "
+                "tasks would be cut or grouped at the wrong steps. Pass the same value, or leave the callback's as "
+                "None."
             )
         return mine if mine is not None else theirs
 
@@ -232,7 +233,9 @@ class MetaInit(L.Callback):
         self._buffer_start = {n: b.to(device) for n, b in self._buffer_start.items()}
         # every torch.optim class takes lr; the base class's signature does not say so
         self.meta_optimizer = self.meta_optimizer_class(
-            self.init, lr=self.meta_lr, **self.meta_optimizer_kwargs  # type: ignore[call-arg]
+            self.init,
+            lr=self.meta_lr,
+            **self.meta_optimizer_kwargs,  # type: ignore[call-arg]
         )
         self._suspended = None
         self._fresh_optimizer = [

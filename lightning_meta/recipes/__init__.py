@@ -1,7 +1,8 @@
 """Reusable LightningModules of the recipes."""
 
+from lightning_meta.recipes.actor_critic import AtariActorCritic
 from lightning_meta.recipes.classifier import ConvClassifier, MultiHeadClassifier
 from lightning_meta.recipes.dataset_classifier import DatasetClassifier
 from lightning_meta.recipes.maml_classifier import MAMLClassifier
 
-__all__ = ["ConvClassifier", "DatasetClassifier", "MAMLClassifier", "MultiHeadClassifier"]
+__all__ = ["AtariActorCritic", "ConvClassifier", "DatasetClassifier", "MAMLClassifier", "MultiHeadClassifier"]

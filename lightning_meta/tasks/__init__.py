@@ -1,6 +1,8 @@
 """Task families and the data module that streams their tasks."""
 
-from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.atari import AtariGames
+from lightning_meta.tasks.atari_data import AtariDataModule
+from lightning_meta.tasks.datamodule import StreamDataModule, TaskDataModule
 from lightning_meta.tasks.episodes import EpisodeBatch, EpisodeDataModule
 from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
@@ -10,12 +12,15 @@ from lightning_meta.tasks.stream import TaskBatch
 from lightning_meta.tasks.vision import VisionDatasets
 
 __all__ = [
+    "AtariDataModule",
+    "AtariGames",
     "EpisodeBatch",
     "EpisodeDataModule",
     "GlyphAlphabets",
     "ImageTensorDataset",
     "Omniglot",
     "RandomQuadratics",
+    "StreamDataModule",
     "Task",
     "TaskBatch",
     "TaskDataModule",

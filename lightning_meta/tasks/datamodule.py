@@ -44,11 +44,11 @@ def family_by_name(name: str, root: str | None) -> TaskFamily:
     raise ValueError(f"unknown task family {name!r}: use 'glyphs', 'omniglot' or a TaskFamily instance")
 
 
-def task_datamodule(trainer: L.Trainer) -> TaskDataModule | None:
-    """The Trainer's data module when it is a :class:`TaskDataModule` (Lightning sets ``trainer.datamodule`` during
-    fit and test without declaring the attribute)."""
+def task_datamodule(trainer: L.Trainer) -> StreamDataModule | None:
+    """The Trainer's data module when it streams tasks (a :class:`StreamDataModule`; Lightning sets
+    ``trainer.datamodule`` during fit and test without declaring the attribute)."""
     datamodule = getattr(trainer, "datamodule", None)
-    return datamodule if isinstance(datamodule, TaskDataModule) else None
+    return datamodule if isinstance(datamodule, StreamDataModule) else None
 
 
 def random_affine() -> Callable[[Tensor], Tensor]:
@@ -56,7 +56,56 @@ def random_affine() -> Callable[[Tensor], Tensor]:
     return v2.RandomAffine(degrees=15.0, translate=(0.2, 0.2), scale=(0.8, 1.2))
 
 
-class TaskDataModule(L.LightningDataModule):
+class StreamDataModule(L.LightningDataModule):
+    """What meta-learning callbacks read from a data module: tasks of ``inner_steps`` optimizer steps, grouped into
+    meta-batches of ``meta_batch_size``, and the :class:`TaskSchedule` a callback installs in ``schedule`` (which task
+    each process trains at each step). :class:`TaskDataModule` streams datasets; other streams (environments) too.
+
+    Args:
+        inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
+        meta_batch_size: tasks per meta-step (``None``: the callback decides).
+
+    Examples:
+        >>> from lightning_meta.tasks import StreamDataModule
+        >>> stream = StreamDataModule(inner_steps=10, meta_batch_size=4)
+        >>> schedule = stream.task_schedule()   # no callback installed one: every step's task, data-parallel
+        >>> schedule.task(25), schedule.parallel
+        (2, 'data')
+    """
+
+    def __init__(self, inner_steps: int, meta_batch_size: int | None = None) -> None:
+        super().__init__()
+        self.inner_steps = inner_steps
+        self.meta_batch_size = meta_batch_size
+        self.schedule: TaskSchedule | None = None  # set by a meta-learning callback; see :meth:`task_schedule`
+
+    def _processes(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the Trainer (``(1, 0)`` without one)."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def task_schedule(self) -> TaskSchedule:
+        """The schedule a meta-learning callback installed, else data-parallel: every process trains the same
+        task on its shard of each batch (ordinary DDP)."""
+        if self.schedule is not None:
+            return self.schedule
+        world_size, rank = self._processes()
+        return TaskSchedule(self.inner_steps, self.meta_batch_size or 1, world_size, rank, parallel="data")
+
+    def _check_distributed(self) -> None:
+        connector = getattr(self.trainer, "_accelerator_connector", None)  # what Lightning's own check reads
+        if getattr(connector, "is_distributed", False) and getattr(connector, "use_distributed_sampler", False):
+            raise MisconfigurationException(
+                f"{type(self).__name__} splits its stream between the processes itself: pass "
+                "Trainer(use_distributed_sampler=False) (--trainer.use_distributed_sampler=false)."
+            )
+
+    def _accumulation(self) -> int:
+        trainer = self.trainer
+        return 1 if trainer is None else trainer.accumulate_grad_batches
+
+
+class TaskDataModule(StreamDataModule):
     """Streams the meta-training tasks of a :class:`~lightning_meta.tasks.TaskFamily`, one task at a time.
 
     Each task lasts ``inner_steps`` optimizer steps (``inner_steps x accumulate_grad_batches`` batches); the task
@@ -92,22 +141,19 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(inner_steps, meta_batch_size)
         tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size)
         sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "batch_size": batch_size}
         for name, value in {**sizes, "tasks_per_epoch": tasks_per_epoch}.items():
             if value is not None and value < 1:
                 raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
         self.family = family_by_name(family, root) if isinstance(family, str) else family
-        self.inner_steps = inner_steps
-        self.meta_batch_size = meta_batch_size
         self.batch_size = batch_size
         self.tasks_per_epoch = tasks_per_epoch
         self.augment = augment
         self.num_workers = num_workers
         self.seed = seed
         self._train_tasks: list[Task] | None = None
-        self.schedule: TaskSchedule | None = None  # set by a meta-learning callback; see :meth:`task_schedule`
 
     @staticmethod
     def default_tasks_per_epoch(meta_batch_size: int | None) -> int:
@@ -126,31 +172,6 @@ class TaskDataModule(L.LightningDataModule):
     def tasks(self, split: Split) -> list[Task]:
         """The family's tasks of a split (meta-evaluation callbacks use ``"val"`` and ``"test"``)."""
         return self.family.tasks(split)
-
-    def _processes(self) -> tuple[int, int]:
-        """``(world_size, global_rank)`` of the Trainer (``(1, 0)`` without one)."""
-        trainer = self.trainer
-        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
-
-    def task_schedule(self) -> TaskSchedule:
-        """The schedule a meta-learning callback installed, else data-parallel: every process trains the same
-        task on its shard of each batch (ordinary DDP)."""
-        if self.schedule is not None:
-            return self.schedule
-        world_size, rank = self._processes()
-        return TaskSchedule(self.inner_steps, self.meta_batch_size or 1, world_size, rank, parallel="data")
-
-    def _check_distributed(self) -> None:
-        connector = getattr(self.trainer, "_accelerator_connector", None)  # what Lightning's own check reads
-        if getattr(connector, "is_distributed", False) and getattr(connector, "use_distributed_sampler", False):
-            raise MisconfigurationException(
-                f"{type(self).__name__} splits its stream between the processes itself: pass "
-                "Trainer(use_distributed_sampler=False) (--trainer.use_distributed_sampler=false)."
-            )
-
-    def _accumulation(self) -> int:
-        trainer = self.trainer
-        return 1 if trainer is None else trainer.accumulate_grad_batches
 
     def _consumed_batches(self) -> int:
         """Batches the run has consumed. A module that takes several optimizer steps per batch (e.g. truncated

@@ -61,6 +61,13 @@ class TaskBatch:
         return (self.inputs, self.targets)[index]
 
 
+def stream_task_index(stream_task: int, num_tasks: int, seed: int) -> int:
+    """Which of ``num_tasks`` tasks sits at a position of the stream: each pass over them is a fresh seeded
+    permutation, so every task is trained once per pass."""
+    order = np.random.default_rng([seed, 0, stream_task // num_tasks]).permutation(num_tasks)
+    return int(order[stream_task % num_tasks])
+
+
 class TaskStreamDataset(Dataset):
     """Loads the samples named by :class:`SampleKey` from the tasks of one split, with seeded augmentation."""
 
@@ -131,10 +138,8 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         return self.tasks_per_epoch * self.batches_per_task
 
     def task_index(self, stream_task: int) -> int:
-        """The split's task at a position of the stream: each pass over the split is a fresh seeded permutation."""
-        n = len(self.task_sizes)
-        order = np.random.default_rng([self.seed, 0, stream_task // n]).permutation(n)
-        return int(order[stream_task % n])
+        """The split's task at a position of the stream (see :func:`stream_task_index`)."""
+        return stream_task_index(stream_task, len(self.task_sizes), self.seed)
 
     def task_batches(self, stream_task: int) -> list[list[SampleKey]]:
         """All batches of one task of the stream: samples in seeded shuffled passes over the task's data."""

@@ -1,0 +1,209 @@
+"""``AtariEvaluation``: learning curves on held-out Atari games from the meta-learned encoder vs a random one.
+
+When fit ends, for each held-out game of the :class:`~lightning_meta.tasks.AtariDataModule` and each seed, a copy of
+the module trains for ``env_steps`` agent steps twice: from theta_0 (the meta-learned encoder, read from the
+Trainer's :class:`~lightning_meta.callbacks.MetaInit`, else the module's weights) and from a random encoder drawn
+with the seed; the heads are fresh in both. The same seed plays the same environments and samples the same way in
+both. Each run's curve is the mean raw return of its last ``window`` finished episodes at ``points`` evenly spaced
+step counts, human-normalised: ``(return - random) / (human - random)``, with the random-policy and human scores of
+DQN Zoo's ``atari_data.py`` (Atari-57, 30 no-op starts; Breakout: 1.7 and 30.5, SpaceInvaders: 148.0 and 1668.7).
+The figure (one panel per game, mean and one standard deviation over seeds) goes to ``plot_path`` and to every
+logger that takes images; final normalised returns and curve AUCs are logged as metrics, the curves saved as JSON.
+
+Examples:
+    >>> import lightning as L
+    >>> from lightning_meta import AtariEvaluation, Leap
+    >>> callbacks = [Leap(p=2, include="encoder"), AtariEvaluation(env_steps=10_000, seeds=[0, 1, 2])]
+    >>> trainer = L.Trainer(callbacks=callbacks, max_steps=1000, logger=False, enable_checkpointing=False)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from lightning_meta.callbacks.meta_evaluation import _fresh_optimizer
+from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.metrics import curve_auc
+from lightning_meta.plotting import log_image, plot_return_curves
+from lightning_meta.tasks.atari_data import AtariDataModule
+from lightning_meta.tasks.rollouts import Rollout
+from lightning_meta.utils import muted_logging, training_loss
+
+# (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
+HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
+EVALUATION_TASK = -1  # the stream position of held-out runs: never a meta-training task, so heads start fresh
+
+
+def running_returns(episodes: list[tuple[int, float]], grid: Tensor, window: int) -> Tensor:
+    """At each step count of ``grid``: the mean return of the last ``window`` episodes that ended by then (NaN
+    before the first). ``episodes`` are ``(step count at the end, return)`` in the order they ended."""
+    values = []
+    for step in grid.tolist():
+        ended = [value for at, value in episodes if at <= step][-window:]
+        values.append(sum(ended) / len(ended) if ended else math.nan)
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@torch.inference_mode(False)
+@torch.enable_grad()
+def train_on_game(
+    pl_module: L.LightningModule, state: dict[str, Tensor], data: AtariDataModule, game: str, env_steps: int, seed: int
+) -> list[tuple[int, float]]:
+    """Train a copy of ``pl_module`` from ``state`` on ``game`` for ``env_steps`` agent steps; return its episodes as
+    ``(step count at the end of the rollout, raw return)``. The module and the global RNG are left untouched."""
+    model = copy.deepcopy(pl_module)
+    model.load_state_dict(state)
+    model.train()
+    collector = data.make_collector(seed)
+    optimizer, schedulers = _fresh_optimizer(model)
+    episodes: list[tuple[int, float]] = []
+    devices = [model.device] if model.device.type == "cuda" else []
+    updates = -(-env_steps // (collector.unroll * collector.num_envs))
+    try:
+        with torch.random.fork_rng(devices=devices), muted_logging(model):
+            torch.manual_seed(seed)
+            for update in range(updates):
+                rollout = Rollout(EVALUATION_TASK, game, data.games.num_actions(game), source=collector)
+                model.on_train_batch_start(rollout, update)
+                loss = training_loss(model.training_step(rollout, update))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                for scheduler in schedulers:
+                    scheduler.step()
+                episodes += [(rollout.env_steps, value) for value in rollout.episode_returns]
+    finally:
+        collector.close()
+    return episodes
+
+
+def random_state(pl_module: L.LightningModule, seed: int) -> dict[str, Tensor]:
+    """The module's ``state_dict`` with every layer re-initialised (``reset_parameters``) from ``seed``."""
+    model = copy.deepcopy(pl_module)
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for layer in model.modules():
+            reset = getattr(layer, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model.state_dict()
+
+
+class AtariEvaluation(L.Callback):
+    """Held-out Atari learning curves, meta-learned encoder vs random encoder, over seeds (see the module docstring).
+
+    Args:
+        env_steps: agent steps (of 4 frames) each run trains on a held-out game.
+        seeds: one run per seed, per game and per encoder.
+        points: step counts at which the curves are read.
+        window: episodes averaged into each point of a curve.
+        normalization: ``"human"`` (random 0, human 1) or ``"raw"`` (game score).
+        scores: ``{game: (random score, human score)}`` for games missing from :data:`HUMAN_SCORES`.
+        plot_path: where to write the PNG (default: ``<log_dir>/atari_evaluation.png``; the curves go beside it as
+            JSON).
+    """
+
+    def __init__(
+        self,
+        env_steps: int = 100_000,
+        seeds: list[int] | None = None,
+        points: int = 20,
+        window: int = 10,
+        normalization: Literal["human", "raw"] = "human",
+        scores: dict[str, tuple[float, float]] | None = None,
+        plot_path: str | None = None,
+    ) -> None:
+        if normalization not in ("human", "raw"):
+            raise ValueError(f"normalization must be 'human' or 'raw', got {normalization!r}")
+        for name, value in {"env_steps": env_steps, "points": points, "window": window}.items():
+            if value < 1:
+                raise ValueError(f"AtariEvaluation: {name} must be >= 1, got {value}")
+        self.env_steps = env_steps
+        self.seeds = list(seeds if seeds is not None else [0, 1, 2])
+        self.points = points
+        self.window = window
+        self.normalization = normalization
+        self.scores = {**HUMAN_SCORES, **(scores or {})}
+        self.plot_path = plot_path
+        self.curves: dict[str, dict[str, Tensor]] = {}  # {game: {encoder: normalised returns [seeds, points]}}
+        self.steps = torch.linspace(env_steps / points, env_steps, points)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = getattr(trainer, "datamodule", None)
+        if not isinstance(data, AtariDataModule):
+            raise MisconfigurationException(
+                "AtariEvaluation plays the held-out games of an AtariDataModule (datamodule=...)"
+            )
+        games = data.games.games("test")
+        if not games:
+            raise MisconfigurationException("AtariEvaluation: the AtariGames family has no held-out ('test') games")
+        missing = [game for game in games if game not in self.scores]
+        if self.normalization == "human" and missing:
+            raise MisconfigurationException(
+                f"AtariEvaluation(normalization='human') has no random and human scores for {missing}: pass "
+                "scores={game: (random, human)} or normalization='raw'"
+            )
+
+    def normalise(self, game: str, returns: Tensor) -> Tensor:
+        if self.normalization == "raw":
+            return returns
+        random, human = self.scores[game]
+        return (returns - random) / (human - random)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # the other processes wait at the barrier
+            self.evaluate(trainer, pl_module)
+        trainer.strategy.barrier("atari_evaluation")
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, Tensor]]:
+        data = getattr(trainer, "datamodule", None)
+        assert isinstance(data, AtariDataModule)
+        meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+        learned = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
+        label = "meta-learned encoder" if meta is not None else "trained encoder"
+        for game in data.games.games("test"):
+            runs: dict[str, list[Tensor]] = {label: [], "random encoder": []}
+            for seed in self.seeds:
+                for name, state in ((label, learned), ("random encoder", random_state(pl_module, seed))):
+                    rank_zero_info(f"AtariEvaluation: {game}, {name}, seed {seed}: {self.env_steps} steps")
+                    episodes = train_on_game(pl_module, state, data, game, self.env_steps, seed)
+                    runs[name].append(self.normalise(game, running_returns(episodes, self.steps, self.window)))
+            self.curves[game] = {name: torch.stack(curves) for name, curves in runs.items()}
+        self._log(trainer)
+        return self.curves
+
+    def _log(self, trainer: L.Trainer) -> None:
+        metrics = {}
+        for game, runs in self.curves.items():
+            for name, returns in runs.items():
+                key = f"atari_eval/{game}/{name.replace(' ', '_')}"
+                mean = returns.nanmean(0)
+                metrics[f"{key}/final_return"] = float(mean[-1])
+                metrics[f"{key}/return_auc"] = (
+                    float(curve_auc(mean[~mean.isnan()])) if (~mean.isnan()).any() else math.nan
+                )
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / "atari_evaluation.png")
+        ylabel = "human-normalised return" if self.normalization == "human" else "return (game score)"
+        plot_return_curves(self.curves, self.steps, path, ylabel)
+        log_image(trainer.loggers, "atari_eval/learning_curves", path, trainer.global_step)
+        curves = {game: {label: r.tolist() for label, r in runs.items()} for game, runs in self.curves.items()}
+        table = {
+            "env_steps": self.steps.tolist(),
+            "normalization": self.normalization,
+            "metrics": metrics,
+            "curves": curves,
+        }
+        path.with_suffix(".json").write_text(json.dumps(table, indent=1))
+        rank_zero_info(f"AtariEvaluation: learning curves written to {path} (curves: {path.with_suffix('.json')})")
