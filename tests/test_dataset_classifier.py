@@ -156,3 +156,19 @@ def test_the_head_of_a_task_depends_on_its_position_in_the_stream_not_on_the_glo
         heads.append(model.head.weight.detach().clone())
         assert torch.equal(torch.random.get_rng_state(), torch.manual_seed(global_seed).get_state())  # untouched
     assert torch.equal(heads[0], heads[1])
+
+
+@pytest.mark.parametrize("multi_head", [False, True])
+def test_load_from_checkpoint_rebuilds_the_module_with_its_weights(tmp_path, multi_head: bool):
+    torch.manual_seed(0)
+    model = small(multi_head=multi_head)
+    trainer = make_trainer([], max_steps=2)
+    trainer.fit(model, datamodule=data(2))
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = DatasetClassifier.load_from_checkpoint(path)  # strict: every key of the checkpoint has a home
+    assert (loaded.max_classes, loaded.multi_head, len(loaded.heads)) == (4, multi_head, 3 if multi_head else 0)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="max_classes"):
+        small(num_classes=3)

@@ -41,7 +41,12 @@ from lightning_meta.utils import muted_logging, training_loss
 
 # (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
 HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
-EVALUATION_TASK = -1  # the stream position of held-out runs: never a meta-training task, so heads start fresh
+
+
+def evaluation_task(seed: int) -> int:
+    """The stream position a held-out run of ``seed`` plays as: negative, never a meta-training task, so the heads
+    start fresh, and drawn anew for every seed."""
+    return -1 - seed
 
 
 def running_returns(episodes: list[tuple[int, float]], grid: Tensor, window: int) -> Tensor:
@@ -57,11 +62,18 @@ def running_returns(episodes: list[tuple[int, float]], grid: Tensor, window: int
 @torch.inference_mode(False)
 @torch.enable_grad()
 def train_on_game(
-    pl_module: L.LightningModule, state: dict[str, Tensor], data: AtariDataModule, game: str, env_steps: int, seed: int
+    pl_module: L.LightningModule,
+    state: dict[str, Tensor],
+    data: AtariDataModule,
+    game: str,
+    env_steps: int,
+    seed: int,
+    device: torch.device | None = None,
 ) -> list[tuple[int, float]]:
-    """Train a copy of ``pl_module`` from ``state`` on ``game`` for ``env_steps`` agent steps; return its episodes as
-    ``(step count at the end of the rollout, raw return)``. The module and the global RNG are left untouched."""
-    model = copy.deepcopy(pl_module)
+    """Train a copy of ``pl_module`` from ``state`` on ``game`` for ``env_steps`` agent steps (on ``device``, default
+    the module's); return its episodes as ``(step count at the end of the rollout, raw return)``. The module and the
+    global RNG are left untouched."""
+    model = copy.deepcopy(pl_module).to(device or pl_module.device)
     model.load_state_dict(state)
     model.train()
     collector = data.make_collector(seed)
@@ -73,7 +85,7 @@ def train_on_game(
         with torch.random.fork_rng(devices=devices), muted_logging(model):
             torch.manual_seed(seed)
             for update in range(updates):
-                rollout = Rollout(EVALUATION_TASK, game, data.games.num_actions(game), source=collector)
+                rollout = Rollout(evaluation_task(seed), game, data.games.num_actions(game), source=collector)
                 model.on_train_batch_start(rollout, update)
                 loss = training_loss(model.training_step(rollout, update))
                 optimizer.zero_grad()
@@ -161,11 +173,19 @@ class AtariEvaluation(L.Callback):
         return (returns - random) / (human - random)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self._plot_path(trainer)  # on every process: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:  # the other processes wait at the barrier
-            self.evaluate(trainer, pl_module)
+            self.evaluate(trainer, pl_module, path)
         trainer.strategy.barrier("atari_evaluation")
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, Tensor]]:
+    def _plot_path(self, trainer: L.Trainer) -> Path:
+        return Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / "atari_evaluation.png")
+
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path | None = None
+    ) -> dict[str, dict[str, Tensor]]:
+        """Learn every held-out game from the meta-learned and from random encoders, for every seed; plot the curves
+        to ``path`` (default ``plot_path`` or the log folder) and log them."""
         data = getattr(trainer, "datamodule", None)
         assert isinstance(data, AtariDataModule)
         meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
@@ -176,13 +196,14 @@ class AtariEvaluation(L.Callback):
             for seed in self.seeds:
                 for name, state in ((label, learned), ("random encoder", random_state(pl_module, seed))):
                     rank_zero_info(f"AtariEvaluation: {game}, {name}, seed {seed}: {self.env_steps} steps")
-                    episodes = train_on_game(pl_module, state, data, game, self.env_steps, seed)
+                    device = trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
+                    episodes = train_on_game(pl_module, state, data, game, self.env_steps, seed, device)
                     runs[name].append(self.normalise(game, running_returns(episodes, self.steps, self.window)))
             self.curves[game] = {name: torch.stack(curves) for name, curves in runs.items()}
-        self._log(trainer)
+        self._log(trainer, path or self._plot_path(trainer))
         return self.curves
 
-    def _log(self, trainer: L.Trainer) -> None:
+    def _log(self, trainer: L.Trainer, path: Path) -> None:
         metrics = {}
         for game, runs in self.curves.items():
             for name, returns in runs.items():
@@ -194,7 +215,6 @@ class AtariEvaluation(L.Callback):
                 )
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        path = Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / "atari_evaluation.png")
         ylabel = "human-normalised return" if self.normalization == "human" else "return (game score)"
         plot_return_curves(self.curves, self.steps, path, ylabel)
         log_image(trainer.loggers, "atari_eval/learning_curves", path, trainer.global_step)

@@ -107,6 +107,7 @@ def adapt(
     batch_statistics: bool = True,
     indices: Sequence[int] | None = None,
     early_stopping: HeldOutEarlyStopping | None = None,
+    device: torch.device | None = None,
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
@@ -114,12 +115,13 @@ def adapt(
     when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps). Task ``i`` is
     seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
     which other tasks are evaluated with it. ``early_stopping``: see
-    :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`.
+    :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
+    (default: the module's; at the end of fit Lightning has already moved the module to the CPU).
     """
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
         return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(3, 0))
-    device = pl_module.device
-    model = copy.deepcopy(pl_module)
+    device = device or pl_module.device
+    model = copy.deepcopy(pl_module).to(device)
     hook = _LogitsHook(model)
     losses, errors, accuracies, train_accuracies, steps = [], [], [], [], []
     devices = [device] if device.type == "cuda" else []
@@ -302,17 +304,19 @@ class MetaEvaluation(L.Callback):
             self.batch_statistics,
             indices,
             self.early_stopping,
+            trainer.strategy.root_device,  # not the module's: Lightning moves it to the CPU before on_fit_end
         )
         if world_size == 1:
             return mine
-        return HeldOutCurves(*(self._gather(trainer, pl_module, getattr(mine, part.name)) for part in fields(mine)))
+        return HeldOutCurves(*(self._gather(trainer, getattr(mine, part.name)) for part in fields(mine)))
 
-    def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule, part: Tensor) -> Tensor:
+    def _gather(self, trainer: L.Trainer, part: Tensor) -> Tensor:
         """Rows of every process, back in task order (padded with NaN to the same count for the all-gather)."""
         world_size, count = trainer.world_size, len(self._tasks)
         rows = -(-count // world_size)
-        padded = torch.full((rows, *part.shape[1:]), float("nan"), device=pl_module.device)
-        padded[: part.shape[0]] = part.to(pl_module.device)
+        device = trainer.strategy.root_device  # the module is on the CPU after fit; NCCL gathers on the GPU
+        padded = torch.full((rows, *part.shape[1:]), float("nan"), device=device)
+        padded[: part.shape[0]] = part.to(device)
         gathered = trainer.strategy.all_gather(padded)  # [world_size, rows, ...]: task r + i * world_size at [r, i]
         return gathered.transpose(0, 1).reshape(rows * world_size, *part.shape[1:])[:count].cpu()
 

@@ -132,6 +132,7 @@ class AtariActorCritic(L.LightningModule):
         self.log_dict(
             {"train/episode_return": recent.float(), "train/env_steps": float(batch.env_steps)},
             on_step=True,
+            prog_bar=True,
             batch_size=1,
         )
 

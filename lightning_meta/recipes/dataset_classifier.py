@@ -32,6 +32,10 @@ class DatasetClassifier(ConvClassifier):
     task of the stream arrives, and :class:`~lightning_meta.MetaEvaluation` at the start of every held-out task.
     Meta-learn the encoder only: ``Leap(include="encoder")``.
 
+    Only the head is the module's to renew: clearing the optimizer's state and rewinding the LR schedule at every
+    task start is the meta-learner's job (:class:`~lightning_meta.MetaInit` does both). Trained without one, the
+    optimizer's state (momentum, Adam moments) carries over from task to task.
+
     With ``multi_head=True`` (the multi-headed fine-tuning baseline) each meta-training data set keeps its own
     head for the whole run instead (built in ``setup`` from the data module's training tasks); held-out tasks still
     get the fresh ``head``.
@@ -47,7 +51,8 @@ class DatasetClassifier(ConvClassifier):
     def __init__(
         self, max_classes: int = 100, cosine_steps: int | None = None, multi_head: bool = False, **kwargs: Any
     ) -> None:
-        if "num_classes" in kwargs:
+        # the saved hyper-parameters hold num_classes = max_classes (ConvClassifier's): accept that, refuse others
+        if kwargs.pop("num_classes", max_classes) != max_classes:
             raise ValueError("DatasetClassifier sizes its heads with max_classes; the classes come from each task")
         if cosine_steps is not None and cosine_steps < 1:
             raise ValueError(f"cosine_steps must be >= 1 or None, got {cosine_steps}")
@@ -103,6 +108,11 @@ class DatasetClassifier(ConvClassifier):
         checkpoint["dataset_classifier"] = {"task": self._task, "active_classes": self.active_classes}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the task being trained; a multi-head module that was never set up (``load_from_checkpoint``)
+        builds its heads first, one per ``heads.<i>.weight`` of the checkpoint."""
+        if self.multi_head and not self.heads:
+            count = sum(1 for key in checkpoint["state_dict"] if key.startswith("heads.") and key.endswith(".weight"))
+            self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in range(count))
         state = checkpoint.get("dataset_classifier", {})
         self._task = state.get("task")
         self.active_classes = state.get("active_classes", self.max_classes)
