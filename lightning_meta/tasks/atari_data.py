@@ -70,10 +70,7 @@ class AtariDataModule(StreamDataModule):
         max_episode_steps: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(inner_steps, meta_batch_size)
-        for name, value in {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size}.items():
-            if value is not None and value < 1:
-                raise ValueError(f"AtariDataModule: {name} must be >= 1, got {value}")
+        super().__init__(inner_steps, meta_batch_size)  # checks both sizes
         self.games = games if games is not None else AtariGames()
         self.seed = seed
         # the settings of every collector this data module makes (a collector makes no environment until it plays)

@@ -75,6 +75,9 @@ class StreamDataModule(L.LightningDataModule):
 
     def __init__(self, inner_steps: int, meta_batch_size: int | None = None) -> None:
         super().__init__()
+        for name, value in {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
         self.schedule: TaskSchedule | None = None  # set by a meta-learning callback; see :meth:`task_schedule`
@@ -143,9 +146,8 @@ class TaskDataModule(StreamDataModule):
     ) -> None:
         super().__init__(inner_steps, meta_batch_size)
         tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size)
-        sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "batch_size": batch_size}
-        for name, value in {**sizes, "tasks_per_epoch": tasks_per_epoch}.items():
-            if value is not None and value < 1:
+        for name, value in {"batch_size": batch_size, "tasks_per_epoch": tasks_per_epoch}.items():
+            if value < 1:
                 raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
         self.family = family_by_name(family, root) if isinstance(family, str) else family
         self.batch_size = batch_size
