@@ -6,13 +6,16 @@ process (gathered) and what the callbacks counted. The spec is a JSON object:
 
     method: "leap" | "reptile" | "maml"; parallel: "tasks" | "data"; devices; meta_batch_size; inner_steps;
     meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
-    end); checkpoint_every (save checkpoints every n steps into out/checkpoints); resume (a checkpoint to resume
-    from); out (a folder).
+    end, and every ``evaluate_every`` meta-steps; with the initial weights' curves if ``baseline``); checkpoint_every
+    (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
+    step); csv (log to out/logs with a CSVLogger); resume (a checkpoint to resume from); out (a folder).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +51,17 @@ class TinyMAML(MAMLMixin, TinyClassifier):
         self.configure_maml(inner_steps=inner_steps, inner_lr=0.4)
 
 
+class KillAt(L.Callback):
+    """kill -9 of this very process at the end of an optimizer step: nothing gets to clean up or save."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(spec: dict) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -67,19 +81,24 @@ def main(spec: dict) -> None:
         schedule = TaskSchedule(spec["inner_steps"], spec["meta_batch_size"], spec["devices"], 0, spec["parallel"])
         max_steps = spec["meta_steps"] * spec["inner_steps"] * schedule.tasks_per_process
     if spec.get("evaluate"):
-        callbacks.append(MetaEvaluation(split="test", inner_steps=4, baseline=False))
+        every = spec.get("evaluate_every", 0)
+        baseline = spec.get("baseline", False)
+        callbacks.append(MetaEvaluation(split="test", inner_steps=4, every_n_meta_steps=every, baseline=baseline))
     if spec.get("checkpoint_every"):
         every = spec["checkpoint_every"]
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", every_n_train_steps=every, save_top_k=-1))
+    if spec.get("kill_at"):
+        callbacks.append(KillAt(spec["kill_at"]))
+    logger = L.pytorch.loggers.CSVLogger(out / "logs", name="", version="") if spec.get("csv") else False
     trainer = L.Trainer(
         accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",
-        use_distributed_sampler=False, max_steps=max_steps, callbacks=callbacks, logger=False,
+        use_distributed_sampler=False, max_steps=max_steps, callbacks=callbacks, logger=logger,
         enable_checkpointing=bool(spec.get("checkpoint_every")), enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, default_root_dir=out,
     )
     trainer.fit(model, datamodule=data, ckpt_path=spec.get("resume"))
     meta = next((c for c in callbacks if isinstance(c, (Leap, Reptile))), None)
-    init = torch.cat([p.detach().double().flatten() for p in (meta.init if meta else model.parameters())])
+    init = torch.cat([p.detach().double().flatten() for p in (meta.theta_0 if meta else model.parameters())])
     checksums = trainer.strategy.all_gather(init.sum().float().reshape(1)).flatten().tolist()
     evaluation = next((c for c in callbacks if isinstance(c, MetaEvaluation)), None)
     if trainer.is_global_zero:
@@ -89,6 +108,8 @@ def main(spec: dict) -> None:
             "meta_steps": meta.meta_steps if meta else trainer.global_step,
             "global_step": trainer.global_step,
             "evaluation": evaluation.history[-1][1] if evaluation else None,
+            "history": evaluation.history if evaluation else None,
+            "initial": evaluation.initial if evaluation else None,
         }, out / "result.pt")
 
 

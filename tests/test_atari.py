@@ -10,7 +10,8 @@ import pytest
 import torch
 import wandb
 
-from lightning_meta import Leap
+from lightning_meta import Leap, MetaInit
+from lightning_meta.engine import LeapRule
 from lightning_meta.cli import main
 from lightning_meta.recipes import AtariActorCritic
 from lightning_meta.recipes.actor_critic import n_step_returns
@@ -113,17 +114,20 @@ def test_training_step_is_a_pure_function_of_parameters_and_rollout():
     collector.close()
 
 
-class RecordingLeap(Leap):
-    """Leap that keeps theta_0, theta_K and the meta-gradient of every task."""
+class RecordingLeapRule(LeapRule):
+    """Leap's rule, keeping theta_0, theta_K and the meta-gradient of every task."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.tasks = []
 
-    def task_meta_gradient(self, trainer, pl_module, batch, batch_idx):
-        gradient = super().task_meta_gradient(trainer, pl_module, batch, batch_idx)
-        start, end = [p.detach().clone() for p in self.init], [p.detach().clone() for p in self._live]
-        self.tasks.append((start, end, [g.clone() for g in gradient]))
+    def start(self, theta_0, live):
+        super().start(theta_0, live)
+        self.theta_0 = [p.detach().clone() for p in theta_0]
+
+    def end(self, live, final_loss):
+        gradient = super().end(live, final_loss)
+        self.tasks.append((self.theta_0, [p.detach().clone() for p in live], [g.clone() for g in gradient]))
         return gradient
 
 
@@ -134,19 +138,19 @@ def test_leap_meta_learns_the_encoder_of_an_actor_critic_end_to_end(loss):
                            max_episode_steps=15)  # fmt: skip
     model = AtariActorCritic(cpu_threads=1)
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    leap = RecordingLeap(p=2, include="encoder", loss=loss, meta_lr=0.1)
+    leap = MetaInit(RecordingLeapRule(p=2, loss=loss), include="encoder", meta_lr=0.1)
     trainer = L.Trainer(max_steps=20, callbacks=[leap], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, datamodule=data)  # 20 updates x 5 steps x 2 games = 200 environment steps
     encoder = [name for name, _ in model.named_parameters() if name.startswith("encoder.")]
-    assert leap.names == encoder and len(leap.tasks) == 2 and leap.meta_steps == 1
-    for theta_0, theta_k, gradient in leap.tasks:
+    assert leap.names == encoder and len(leap.rule.tasks) == 2 and leap.meta_steps == 1
+    for theta_0, theta_k, gradient in leap.rule.tasks:
         assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in gradient)
         assert [g.shape for g in gradient] == [model.get_parameter(name).shape for name in encoder]
         if not loss:  # p = 2 without the loss term telescopes to -2 (theta_K - theta_0)
             for g, a, b in zip(gradient, theta_0, theta_k):
                 torch.testing.assert_close(g, -2 * (b - a), rtol=1e-4, atol=1e-6)
-    mean = [sum(task[2][i] for task in leap.tasks) / 2 for i in range(len(encoder))]
+    mean = [sum(task[2][i] for task in leap.rule.tasks) / 2 for i in range(len(encoder))]
     for name, g in zip(encoder, mean):  # one SGD meta-step of lr 0.1 from the initial weights
         torch.testing.assert_close(model.get_parameter(name).detach(), start[name] - 0.1 * g, rtol=1e-4, atol=1e-6)
     assert "train/episode_return" in trainer.callback_metrics
@@ -182,7 +186,7 @@ def test_paper_scale_config_builds_the_papers_agent():
     assert (model.lr, model.eps, model.alpha, model.entropy_cost, model.discount) == (1e-4, 1e-4, 0.99, 0.01, 0.99)
     assert data.settings.unroll == 5 and data.games.games("test") == ["Breakout", "SpaceInvaders"]
     (leap,) = [c for c in cli.trainer.callbacks if isinstance(c, Leap)]
-    assert leap.p == 2 and leap.include == "encoder"
+    assert leap.rule.p == 2 and leap.include == "encoder"
     assert cli.config["trainer"]["accelerator"] == "auto"
 
 

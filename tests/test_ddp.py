@@ -24,7 +24,8 @@ def fresh_environment() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in inherited}, "OMP_NUM_THREADS": "1"}
 
 
-def run(tmp_path: Path, name: str, **spec) -> dict:
+def run(tmp_path: Path, name: str, returncode: int = 0, **spec) -> dict:
+    """Run the worker with ``spec``; its result, and its standard error as ``log`` (a killed run has no result)."""
     out = tmp_path / name
     out.mkdir()
     spec = {"parallel": "tasks", "inner_steps": 3, "meta_batch_size": 4, "meta_steps": 2, "batch_size": 6,
@@ -33,7 +34,9 @@ def run(tmp_path: Path, name: str, **spec) -> dict:
     environment = fresh_environment()
     process = subprocess.run([sys.executable, str(WORKER), str(out / "spec.json")], capture_output=True, text=True,
                              env=environment, timeout=300)
-    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.returncode == returncode, process.stderr[-3000:]
+    if returncode:
+        return {"log": process.stderr}
     result = torch.load(out / "result.pt", weights_only=False)
     result["log"] = process.stderr
     return result

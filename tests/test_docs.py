@@ -11,6 +11,7 @@ import pytest
 PACKAGES = [
     "lightning_meta",
     "lightning_meta.callbacks",
+    "lightning_meta.engine",
     "lightning_meta.mixins",
     "lightning_meta.optim",
     "lightning_meta.recipes",

@@ -61,9 +61,9 @@ def test_support_batches_follow_the_maml_module_else_inner_steps_and_bad_sizes_a
     assert EpisodeDataModule(ToyFamily(), inner_steps=7).resolved_support_batches() == 7
     assert EpisodeDataModule(ToyFamily(), inner_steps=7, support_batches=1).resolved_support_batches() == 1
     data = EpisodeDataModule(ToyFamily(), inner_steps=7)
-    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(maml=SimpleNamespace(inner_steps=5)))
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(fixed_inner_steps=5))  # a FixedInnerSteps module
     assert data.resolved_support_batches() == 5
-    data.trainer.lightning_module.maml.inner_steps = None  # the module takes one step per support batch
+    data.trainer.lightning_module.fixed_inner_steps = None  # the module takes one step per support batch
     assert data.resolved_support_batches() == 7
     for name in ("query_size", "support_batches"):
         with pytest.raises(ValueError, match=name):

@@ -52,7 +52,7 @@ def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
 def test_paper_recipes_parse():
     cli = main(["--config", str(RECIPES / "leap.yaml")], run=False)
     leap = next(c for c in cli.trainer.callbacks if isinstance(c, Leap))
-    assert (leap.p, leap.meta_lr, cli.datamodule.inner_steps, cli.datamodule.meta_batch_size) == (1, 0.1, 100, 20)
+    assert (leap.rule.p, leap.meta_lr, cli.datamodule.inner_steps, cli.datamodule.meta_batch_size) == (1, 0.1, 100, 20)
     assert isinstance(cli.model, ConvClassifier) and cli.model.hparams.channels == 64
     cli = main(["--config", str(RECIPES / "finetune.yaml"), "--data.family=omniglot", "--data.root=/nowhere"], run=False)
     assert isinstance(cli.model, MultiHeadClassifier) and isinstance(cli.datamodule.family, Omniglot)

@@ -82,7 +82,7 @@ def test_without_loss_and_length_is_reptile_direction():
 
 
 def test_norm_is_the_reference_name_for_p():
-    assert Leap(norm=False).p == 2 and Leap(norm=True).p == 1
+    assert Leap(norm=False).rule.p == 2 and Leap(norm=True).rule.p == 1
     with pytest.raises(ValueError, match="contradicts"):
         Leap(p=2, norm=True)
     with pytest.raises(ValueError, match="p must be 1"):
@@ -98,3 +98,20 @@ def test_reptile_update_on_two_tasks():
     theta_0 = flat(model.parameters()).double()
     make_trainer([Reptile(meta_batch_size=2, meta_lr=0.3)], max_steps=2 * K).fit(model, datamodule=data)
     torch.testing.assert_close(flat(model.parameters()).double(), theta_0 + 0.3 * (ends[0] + ends[1]) / 2, rtol=1e-4, atol=1e-6)
+
+
+class Float64Classifier(TinyClassifier):
+    def forward(self, x):
+        return self.net(x.double())
+
+
+def test_float64_model_gets_a_float64_meta_gradient():
+    torch.manual_seed(3)
+    model = Float64Classifier(lr=0.5).double()
+    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=1)
+    data.setup("fit")
+    expected, _ = reference_leap(model, task_batches(data, 0, K), 0.5, 1, True, True)
+    theta_0 = flat(model.parameters())
+    make_trainer([Leap(p=1, meta_lr=1.0)], max_steps=K).fit(model, datamodule=data)
+    assert model.net[1].weight.dtype == torch.float64
+    torch.testing.assert_close(theta_0 - flat(model.parameters()), expected, rtol=1e-9, atol=1e-12)

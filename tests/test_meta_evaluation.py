@@ -2,12 +2,16 @@
 
 import csv
 
+import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap, MetaEvaluation
+from lightning_meta.callbacks.held_out import one_optimizer
 from lightning_meta.metrics import curve_auc
 from lightning_meta.tasks import TaskDataModule
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
@@ -86,3 +90,31 @@ def test_held_out_accuracy_uses_batch_statistics_or_eval_mode():
     for batch_statistics in (True, False):
         curves = adapt(model, state, [task], inner_steps=1, batch_size=8, seed=0, batch_statistics=batch_statistics)
         torch.testing.assert_close(curves.test_accuracy[0], accuracies[batch_statistics])
+
+
+def test_a_data_module_without_held_out_tasks_is_named_with_what_it_lacks():
+    class Partial(L.LightningDataModule):
+        inner_steps = 3
+
+        def tasks(self, split):
+            return ToyFamily().tasks(split)
+
+        def train_dataloader(self):
+            return toy_data().train_dataloader()
+
+    with pytest.raises(MisconfigurationException, match=r"needs Partial to have batch_size \(HeldOutTasks"):
+        make_trainer([MetaEvaluation()], max_steps=1).fit(TinyClassifier(), datamodule=Partial())
+
+
+def test_held_out_training_reads_every_documented_form_of_configure_optimizers():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    sgd = torch.optim.SGD(params, lr=0.1)
+    per_step = {"scheduler": torch.optim.lr_scheduler.StepLR(sgd, 1), "interval": "step"}
+    per_epoch = torch.optim.lr_scheduler.StepLR(sgd, 1)  # Lightning's default interval is "epoch"
+    assert one_optimizer(sgd) == (sgd, [])
+    assert one_optimizer([sgd]) == (sgd, [])
+    assert one_optimizer({"optimizer": sgd, "lr_scheduler": per_step}) == (sgd, [per_step["scheduler"]])
+    assert one_optimizer([{"optimizer": sgd, "lr_scheduler": per_epoch}]) == (sgd, [])
+    assert one_optimizer(([sgd], [per_step, per_epoch])) == (sgd, [per_step["scheduler"]])
+    with pytest.raises(MisconfigurationException, match="one optimizer"):
+        one_optimizer([sgd, torch.optim.SGD(params, lr=0.2)])

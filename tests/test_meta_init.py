@@ -93,7 +93,7 @@ def test_include_filter_meta_learns_only_the_matching_tensors():
     assert leap.names == ["net.1.weight", "net.1.bias"]
     # the head is not reset between tasks: it carries its trained value, never the value it started with
     assert not torch.equal(model.net[3].weight, head_before)
-    torch.testing.assert_close(model.net[1].weight, leap.init[0].detach())
+    torch.testing.assert_close(model.net[1].weight, leap.theta_0[0].detach())
 
 
 def test_gradient_accumulation_acts_once_per_optimizer_step():
@@ -166,10 +166,10 @@ def test_checkpoint_weights_are_theta_0(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=K + 1, save_top_k=-1)
     make_trainer([leap, checkpoint], max_steps=K + 1, enable_checkpointing=True).fit(model, datamodule=toy_data())
     state = torch.load(tmp_path / f"epoch=0-step={K + 1}.ckpt", weights_only=False)["state_dict"]
-    torch.testing.assert_close(flat(state[n] for n in leap.names), flat(leap.init))
+    torch.testing.assert_close(flat(state[n] for n in leap.names), flat(leap.theta_0))
     restored = TinyClassifier()
     restored.load_state_dict(state)
-    torch.testing.assert_close(flat(restored.parameters()), flat(leap.init))
+    torch.testing.assert_close(flat(restored.parameters()), flat(leap.theta_0))
 
 
 def live_tensor_bytes():

@@ -31,13 +31,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_meta.callbacks.meta_evaluation import _fresh_optimizer
+from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_return_curves
 from lightning_meta.tasks.atari_data import AtariDataModule
 from lightning_meta.tasks.rollouts import Rollout
-from lightning_meta.utils import muted_logging, training_loss
 
 # (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
 HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
@@ -59,8 +58,6 @@ def running_returns(episodes: list[tuple[int, float]], grid: Tensor, window: int
     return torch.tensor(values, dtype=torch.float64)
 
 
-@torch.inference_mode(False)
-@torch.enable_grad()
 def train_on_game(
     pl_module: L.LightningModule,
     state: dict[str, Tensor],
@@ -73,26 +70,16 @@ def train_on_game(
     """Train a copy of ``pl_module`` from ``state`` on ``game`` for ``env_steps`` agent steps (on ``device``, default
     the module's); return its episodes as ``(step count at the end of the rollout, raw return)``. The module and the
     global RNG are left untouched."""
-    model = copy.deepcopy(pl_module).to(device or pl_module.device)
-    model.load_state_dict(state)
-    model.train()
     collector = data.make_collector(seed)
-    optimizer, schedulers = _fresh_optimizer(model)
     episodes: list[tuple[int, float]] = []
-    devices = [model.device] if model.device.type == "cuda" else []
     updates = -(-env_steps // (collector.unroll * collector.num_envs))
     try:
-        with torch.random.fork_rng(devices=devices), muted_logging(model):
-            torch.manual_seed(seed)
+        with HeldOutTraining(pl_module, device or pl_module.device) as run:
+            run.start(state, seed)
             for update in range(updates):
                 rollout = Rollout(evaluation_task(seed), game, data.games.num_actions(game), source=collector)
-                model.on_train_batch_start(rollout, update)
-                loss = training_loss(model.training_step(rollout, update))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                for scheduler in schedulers:
-                    scheduler.step()
+                run.model.on_train_batch_start(rollout, update)  # plays the rollout with the current policy
+                run.step(rollout, update)
                 episodes += [(rollout.env_steps, value) for value in rollout.episode_returns]
     finally:
         collector.close()

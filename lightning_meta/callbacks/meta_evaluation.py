@@ -22,27 +22,27 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
+from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
+from lightning_meta.protocols import HeldOutTasks, require
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
-from lightning_meta.utils import muted_logging, training_loss
 
 SCORING_BATCH = 1024
 """Images per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
@@ -81,22 +81,6 @@ class _LogitsHook:
         self.logits = output if isinstance(output, Tensor) else None
 
 
-def _fresh_optimizer(model: L.LightningModule) -> tuple[torch.optim.Optimizer, Any]:
-    """The module's inner optimizer: ``configure_inner_optimizer()`` where the module has one (MAML modules, whose
-    ``configure_optimizers`` is the meta-optimizer's), else ``configure_optimizers()``."""
-    inner = getattr(model, "configure_inner_optimizer", None)
-    if inner is not None:
-        return inner(), []
-    optimizers, schedulers, monitor = _configure_optimizers(model.configure_optimizers())  # type: ignore[arg-type]
-    if len(optimizers) != 1:
-        raise MisconfigurationException("MetaEvaluation trains held-out tasks with one optimizer")
-    configs = _configure_schedulers_automatic_opt(schedulers, monitor)
-    per_step = [config.scheduler for config in configs if config.interval == "step"]
-    return optimizers[0], per_step
-
-
-@torch.inference_mode(False)
-@torch.enable_grad()
 def adapt(
     pl_module: L.LightningModule,
     state: dict[str, Tensor],
@@ -121,19 +105,12 @@ def adapt(
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
         return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(3, 0))
     device = device or pl_module.device
-    model = copy.deepcopy(pl_module).to(device)
-    hook = _LogitsHook(model)
     losses, errors, accuracies, train_accuracies, steps = [], [], [], [], []
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), muted_logging(model):
+    with HeldOutTraining(pl_module, device) as run:
+        model = run.model
+        hook = _LogitsHook(model)
         for index, task in zip(indices if indices is not None else range(len(tasks)), tasks):
-            torch.manual_seed(seed + index)
-            model.load_state_dict(state)
-            start_task = getattr(model, "start_task", None)
-            if callable(start_task):
-                start_task(task.num_classes)
-            model.train()
-            optimizer, schedulers = _fresh_optimizer(model)
+            run.start(state, seed + index, task.num_classes)
             fit, validation = early_stopping.split(task, seed + index) if early_stopping else (task, task.test)
             monitor = early_stopping.monitor(model) if early_stopping else None
             sampler = TaskBatchSampler([dataset_length(fit.train)], batch_size, inner_steps, 1, seed=seed + index)
@@ -141,16 +118,10 @@ def adapt(
             task_losses, task_errors = [], []
             for step, batch in enumerate(loader):
                 x, y = batch.inputs.to(device), batch.targets.to(device)
-                loss = training_loss(model.training_step((x, y), step))
-                task_losses.append(loss.detach())
+                task_losses.append(run.step((x, y), step))
                 logits = hook.logits
                 wrong = (logits.argmax(-1) != y).float().mean() if logits is not None else torch.tensor(float("nan"))
                 task_errors.append(wrong.to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                for scheduler in schedulers:
-                    scheduler.step()
                 done = step + 1
                 if monitor is not None and (monitor.due(done) or done == inner_steps):
                     error = 1 - float(_accuracy(model, validation, device, batch_statistics))
@@ -164,7 +135,7 @@ def adapt(
             errors.append(_extend(torch.stack(task_errors), inner_steps))
             accuracies.append(_accuracy(model, task.test, device, batch_statistics))
             train_accuracies.append(_accuracy(model, fit.train, device, batch_statistics))
-    hook.handle.remove()
+        hook.handle.remove()
     loss_curves, error_curves = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
     accuracy, train_accuracy = torch.stack(accuracies).cpu(), torch.stack(train_accuracies).cpu()
     return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps))
@@ -234,12 +205,18 @@ class MetaEvaluation(L.Callback):
         self._tasks: list[Task] = []
         self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(split=self.split)
+
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule: Any = getattr(trainer, "datamodule", None)  # any data module with tasks(split) will do
-        if not hasattr(datamodule, "tasks"):
-            raise MisconfigurationException(
-                "MetaEvaluation reads held-out tasks from a TaskDataModule (datamodule=...)"
-            )
+        datamodule: Any = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
+        try:
+            require(datamodule, HeldOutTasks, "MetaEvaluation (held-out tasks come from the data module)")
+        except TypeError as error:
+            raise MisconfigurationException(str(error)) from None
         self._tasks = datamodule.tasks(self.split)[: self.max_tasks]
         if not self._tasks:
             raise MisconfigurationException(f"the task family has no {self.split!r} tasks to evaluate on")
@@ -247,24 +224,43 @@ class MetaEvaluation(L.Callback):
         self.batch_size = self.batch_size or datamodule.batch_size
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
 
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluations so far, the baseline's curves, and the weights the run started from until the baseline
+        has been evaluated: a resumed run logs what the uninterrupted one would."""
+        return {
+            "history": [(step, asdict(curves)) for step, curves in self.history],
+            "initial": None if self.initial is None else asdict(self.initial),
+            "initial_state": self._initial_state if self.initial is None else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(step, HeldOutCurves(**curves)) for step, curves in state_dict["history"]]
+        self.initial = None if state_dict["initial"] is None else HeldOutCurves(**state_dict["initial"])
+        self._initial_state = state_dict["initial_state"]
+
     @property
     def task_names(self) -> list[str]:
         """Names of the evaluated tasks, in the order of the rows of the curves."""
         return [task.name for task in self._tasks]
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.baseline and self._initial_state is None:
+        if self.baseline and self.initial is None and self._initial_state is None:  # not restored from a checkpoint
             self._initial_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def _meta_step(self, trainer: L.Trainer) -> int:
         return self._meta.meta_steps if self._meta is not None else trainer.global_step
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = self._meta_step(trainer)
         due = self.every_n_meta_steps and step and step % self.every_n_meta_steps == 0
         if due and (not self.history or self.history[-1][0] != step):
             self.evaluate(trainer, pl_module)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The final evaluation, also when fit trains no step at all (``max_steps=0``: a no-pre-training baseline)."""
         if not self.history or self.history[-1][0] != self._meta_step(trainer):
@@ -279,6 +275,7 @@ class MetaEvaluation(L.Callback):
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
         if self.initial is None and self._initial_state is not None:
             self.initial = self._adapt(trainer, pl_module, self._initial_state)
+            self._initial_state = None  # the curves are all a resumed run needs now
             self._log(trainer, "initial", self.initial)
         step = self._meta_step(trainer)
         rank_zero_info(

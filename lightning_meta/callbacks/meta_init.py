@@ -1,81 +1,81 @@
-"""``MetaInit``: the shared machinery of callbacks that meta-learn a model's initialisation theta_0.
+"""``MetaInit``: the Lightning front door of the engine: meta-learn a LightningModule's initialisation theta_0.
 
-A subclass only says how one task's training trajectory turns into a meta-gradient (:class:`Leap`,
-:class:`Reptile`); this base finds task boundaries, starts every task from theta_0 with a fresh inner optimizer,
-averages the tasks of a meta-batch, steps theta_0 with a meta-optimizer, drops diverged tasks and checkpoints it all.
+The callback only routes Trainer hooks to a :class:`~lightning_meta.engine.MetaLearner`: it finds where tasks start
+and end (the :class:`~lightning_meta.tasks.schedule.TaskSchedule`), gives each task a fresh inner optimizer and LR
+schedule, reports every optimizer step, and ends each task with the loss at its last weights. What a task's
+trajectory means is the rule's business (:class:`~lightning_meta.engine.LeapRule`,
+:class:`~lightning_meta.engine.ReptileRule`, your own :class:`~lightning_meta.engine.TrajectoryRule`); meta-batches,
+diverged tasks, the reduce over DDP processes and the meta-optimizer are the engine's.
 
 Examples:
     >>> import lightning as L
-    >>> from lightning_meta import Reptile
-    >>> callback = Reptile(inner_steps=5, meta_batch_size=2, meta_lr=0.5)
+    >>> from lightning_meta import MetaInit
+    >>> from lightning_meta.engine import ReptileRule
+    >>> callback = MetaInit(ReptileRule(), inner_steps=5, meta_batch_size=2, meta_lr=0.5)
     >>> trainer = L.Trainer(callbacks=[callback], max_steps=20, logger=False, enable_checkpointing=False)
 
-    A rule of your own implements the hooks (and ``rule_state`` / ``load_rule_state`` if it keeps state that a
-    resumed run needs). This one moves theta_0 against the sum of the gradients seen along each task's path:
-
-    >>> import torch
-    >>> from lightning_meta import MetaInit
-    >>> class GradientSum(MetaInit):
-    ...     def on_task_start(self, live):
-    ...         self.total = [torch.zeros_like(p) for p in live]
-    ...     def on_inner_step(self, trainer, live, grads):
-    ...         torch._foreach_add_(self.total, grads)
-    ...     def task_meta_gradient(self, trainer, pl_module, batch, batch_idx):
-    ...         return self.total
-    >>> rule = GradientSum(inner_steps=5, meta_batch_size=2, meta_lr=0.01)
+    A rule of your own is one small class (see :class:`~lightning_meta.engine.TrajectoryRule`, whose example rule
+    goes into ``MetaInit`` the same way).
 """
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import asdict, replace
-from typing import Any, Literal
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
+from typing_extensions import override
 
-from lightning_meta.tasks.datamodule import StreamDataModule, task_datamodule
+from lightning_meta.engine import MetaLearner, TrajectoryRule
+from lightning_meta.engine.learner import Buffers, select_parameters
+from lightning_meta.engine.meta_state import optimizer_class
+from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import TaskBatch
-from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
+from lightning_meta.utils import ParamFilter, log_meta_progress, muted_logging, training_loss
+
+FINAL_CHECKPOINT = "final.ckpt"
+"""File name of the checkpoint written at the end of fit, in the directory of the Trainer's ``ModelCheckpoint``."""
 
 
-def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
-    """Resolve ``"SGD"``, ``"torch.optim.Adam"``, ``"my_pkg.MyOptimizer"`` or a class to an optimizer class."""
-    if isinstance(spec, str):
-        module, _, name = spec.rpartition(".")
-        spec = getattr(importlib.import_module(module or "torch.optim"), name, None)  # type: ignore[assignment]
-    if not (isinstance(spec, type) and issubclass(spec, Optimizer)):
-        raise ValueError(f"meta_optimizer must name a torch.optim.Optimizer class (e.g. 'SGD', 'Adam'), got {spec!r}")
-    return spec
-
-
-def all_finite(tensors: list[Tensor]) -> bool:
-    """One host-device synchronisation for the whole list."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+@contextmanager
+def side_effect_free(pl_module: L.LightningModule) -> Iterator[None]:
+    """Run ``training_step`` again without logging and without touching buffers (BatchNorm statistics)."""
+    buffers = [(b, b.detach().clone()) for b in pl_module.buffers()]
+    try:
+        with muted_logging(pl_module):
+            yield
+    finally:
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
 
 
 class MetaInit(L.Callback):
-    """Base callback that meta-learns the initialisation theta_0 of a LightningModule's parameters.
+    """Meta-learn theta_0 of a LightningModule's parameters with a trajectory ``rule``, inside an ordinary ``fit``.
 
     Task ``t`` covers optimizer steps ``[t * inner_steps, (t + 1) * inner_steps)`` (gradient accumulation counts
-    one optimizer step per window). At each task start the callback loads theta_0 into the meta-learned parameters,
-    resets buffers (see ``buffers``), clears the inner optimizer's state and rewinds its LR schedulers, so the task
-    trains exactly as a fresh run from theta_0 would. After ``meta_batch_size`` tasks it averages their
-    meta-gradients into ``theta_0.grad`` and steps the meta-optimizer. When fit ends the module holds theta_0.
+    one optimizer step per window). At each task start theta_0 is loaded into the meta-learned parameters, buffers
+    are reset (see ``buffers``), the inner optimizer's state is cleared and its LR schedulers rewound, so the task
+    trains exactly as a fresh run from theta_0 would. After ``meta_batch_size`` tasks theta_0 takes a meta-step.
+    When fit ends the module holds theta_0 and, with checkpointing on, ``final.ckpt`` holds it on disk.
 
     Args:
-        inner_steps: optimizer steps per task. ``None`` reads it from the :class:`TaskDataModule`; a value that
-            disagrees with the data module is an error at ``setup``.
-        meta_batch_size: tasks averaged into one meta-step; ``None`` reads it from the :class:`TaskDataModule`
-            (1 when it has none either); a value that disagrees with the data module is an error at ``setup``.
+        rule: turns each task's trajectory into a meta-gradient.
+        inner_steps: optimizer steps per task, for data without a :class:`~lightning_meta.tasks.StreamDataModule`;
+            ``None`` reads it from the data module, which owns the task schedule. Both given and different is an
+            error at ``setup``.
+        meta_batch_size: tasks averaged into one meta-step, over all processes; ``None`` reads it from the data
+            module (1 when it has none either). Both given and different is an error at ``setup``.
         meta_lr: learning rate of the meta-optimizer.
         meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
         meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
@@ -92,83 +92,89 @@ class MetaInit(L.Callback):
             inside tasks, and the meta-gradients are summed over processes once per meta-step; ``"data"``
             (data-parallel): all processes train the same task on shards of each batch (ordinary DDP) and compute
             the same meta-step. Either way theta_0 is identical on every process. Needs
-            ``Trainer(use_distributed_sampler=False)`` with a :class:`TaskDataModule`, which then streams each
-            process its tasks or shards.
+            ``Trainer(use_distributed_sampler=False)`` with a :class:`~lightning_meta.tasks.TaskDataModule`, which
+            then streams each process its tasks or shards.
+        final_checkpoint: when fit ends, write ``final.ckpt`` (theta_0 as the weights, the whole meta-state) into
+            the directory of the Trainer's ``ModelCheckpoint``, whatever its interval; nothing when checkpointing is
+            off.
     """
 
     def __init__(
         self,
+        rule: TrajectoryRule,
         inner_steps: int | None = None,
         meta_batch_size: int | None = None,
         meta_lr: float = 0.1,
         meta_optimizer: str | type[Optimizer] = "SGD",
         meta_optimizer_kwargs: dict[str, Any] | None = None,
         include: str | ParamFilter | None = None,
-        buffers: Literal["reset", "keep"] = "reset",
+        buffers: Buffers = "reset",
         save_init_as_weights: bool = True,
         parallel: Parallel = "tasks",
+        final_checkpoint: bool = True,
     ) -> None:
-        if inner_steps is not None and inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-        if meta_batch_size is not None and meta_batch_size < 1:
-            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        for name, value in {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if buffers not in ("reset", "keep"):
             raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
         if parallel not in ("tasks", "data"):
             raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
+        optimizer_class(meta_optimizer)  # a wrong name fails here, not at the start of fit
+        self.rule = rule
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
         self.meta_lr = meta_lr
-        self.meta_optimizer_class = optimizer_class(meta_optimizer)
+        self.meta_optimizer = meta_optimizer
         self.meta_optimizer_kwargs = dict(meta_optimizer_kwargs or {})
         self.include = include
-        self.buffers = buffers
+        self.buffers: Buffers = buffers
         self.save_init_as_weights = save_init_as_weights
         self.parallel: Parallel = parallel
-        self.schedule = TaskSchedule(inner_steps or 1)  # where tasks start and end on this process; built in setup
-
-        self.names: list[str] = []
-        self.init: list[torch.nn.Parameter] = []  # theta_0; its .grad accumulates the meta-batch's meta-gradient
-        self.meta_optimizer: Optimizer | None = None
-        self.meta_steps = 0
-        self.tasks_in_batch = 0  # tasks of the current meta-batch that have ended
-        self.tasks_kept = 0  # of those, the ones that stayed finite
+        self.final_checkpoint = final_checkpoint
+        self.learner: MetaLearner | None = None  # built in on_fit_start, where the module has its device
+        self.names: list[str] = []  # the meta-learned parameters, chosen in setup
         self.active_task = -1  # position in the task stream of the task being trained
-        self._live: list[Tensor] = []
-        self._live_buffers: dict[str, Tensor] = {}
-        self._buffer_start: dict[str, Tensor] = {}
+        self._schedule: TaskSchedule | None = None  # used only without a StreamDataModule (else the data module's)
+        self._trainer: L.Trainer | None = None
         self._fresh_optimizer: list[list[dict[str, Any]]] = []
         self._fresh_schedulers: list[dict[str, Any]] = []
+        self._step_loss: Tensor | None = None
         self._stepped = False
-        self._pending: dict[str, Any] | None = None
-        self._saved_schedule: tuple[TaskSchedule, dict[str, int]] | None = None  # of a checkpoint being resumed
+        self._resumed: dict[str, Any] | None = None  # the checkpoint's state, applied once the learner exists
         self._suspended: list[Tensor] | None = None  # weights of a task cut short by the end of fit
 
-    # ----------------------------------------------------------------- what a rule implements
-    def on_task_start(self, live: list[Tensor]) -> None:
-        """Called after theta_0 was loaded into ``live``."""
+    # ----------------------------------------------------------------- what the rest of the library reads
+    @property
+    def schedule(self) -> TaskSchedule:
+        """Where tasks start and end on this process: the data module's when it streams tasks (its one home)."""
+        datamodule = task_datamodule(self._trainer) if self._trainer is not None else None
+        schedule = datamodule.schedule if datamodule is not None else self._schedule
+        if schedule is None:
+            raise RuntimeError(f"{type(self).__name__}: the task schedule is made in setup(); fit has not started")
+        return schedule
 
-    def on_inner_step(self, trainer: L.Trainer, live: list[Tensor], grads: list[Tensor]) -> None:
-        """Called before each inner optimizer step with the parameters and their (unscaled) gradients."""
+    @property
+    def theta_0(self) -> list[torch.nn.Parameter]:
+        """The meta-learned init, one tensor per name in :attr:`names`."""
+        return self._learner().theta_0
 
-    def task_meta_gradient(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> list[Tensor]:
-        """The meta-gradient of the task that just ended; the module holds theta_K."""
-        raise NotImplementedError
+    @property
+    def meta_steps(self) -> int:
+        """Meta-steps taken (0 before fit)."""
+        return self.learner.meta_steps if self.learner is not None else 0
 
-    def rule_state(self) -> dict[str, Any]:
-        """Per-task tensors and counters of the rule that a checkpoint must carry."""
-        return {}
+    def _learner(self) -> MetaLearner:
+        if self.learner is None:
+            raise RuntimeError(f"{type(self).__name__}: the meta-learner is built when fit starts")
+        return self.learner
 
-    def load_rule_state(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`rule_state`."""
+    def init_state_dict(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        """The module's ``state_dict`` with theta_0 and the buffers a task starts with in place of the live ones."""
+        return self._learner().init_state_dict()
 
     # ----------------------------------------------------------------- set-up
-    def _select(self, pl_module: L.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
-        chosen = parameter_filter(self.include)
-        return [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad and chosen(n, p)]
-
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -183,88 +189,77 @@ class MetaInit(L.Callback):
                 f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
                 f"{type(trainer.strategy).__name__}."
             )
-        datamodule = task_datamodule(trainer)
-        self.inner_steps = self._agree("inner_steps", datamodule)
-        if self.inner_steps is None:
-            raise MisconfigurationException(
-                f"{name} needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule."
-            )
-        self.meta_batch_size = self._agree("meta_batch_size", datamodule) or 1
         try:
-            self.schedule = TaskSchedule(
-                self.inner_steps, self.meta_batch_size, trainer.world_size, trainer.global_rank, self.parallel
-            )
+            self.names = [n for n, _ in select_parameters(pl_module, self.include)]
+            schedule = self._make_schedule(trainer)
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
+        self._trainer = trainer
+        datamodule = task_datamodule(trainer)
         if datamodule is not None:
-            datamodule.schedule = self.schedule
-        selected = self._select(pl_module)
-        if not selected:
-            raise MisconfigurationException(
-                f"{name}(include={self.include!r}) matched no trainable parameter of {type(pl_module).__name__}; "
-                f"its parameters are: {[n for n, _ in pl_module.named_parameters()][:20]}"
-            )
-        self.names = [n for n, _ in selected]
-        self._live = [p for _, p in selected]
-        self.init = [torch.nn.Parameter(p.detach().clone()) for p in self._live]
-        for p in self.init:
-            p.grad = torch.zeros_like(p)
-        self._buffer_start = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
+            datamodule.schedule = schedule
+        else:
+            self._schedule = schedule
 
-    def _agree(self, name: str, datamodule: StreamDataModule | None) -> int | None:
-        """The callback's value of a size, or the data module's; both given and different is an error."""
-        mine, theirs = getattr(self, name), getattr(datamodule, name, None)
-        if mine is not None and theirs is not None and mine != theirs:
-            raise MisconfigurationException(
-                f"{type(self).__name__}({name}={mine}) disagrees with {type(datamodule).__name__}({name}={theirs}): "
-                "tasks would be cut or grouped at the wrong steps. Pass the same value, or leave the callback's as "
-                "None."
-            )
-        return mine if mine is not None else theirs
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        params = dict(pl_module.named_parameters())
-        self._live = [params[n] for n in self.names]
-        self._live_buffers = dict(pl_module.named_buffers())
-        device = self._live[0].device
-        for p in self.init:
-            p.data = p.data.to(device)
-            p.grad = p.grad.to(device)  # type: ignore[union-attr]
-        self._buffer_start = {n: b.to(device) for n, b in self._buffer_start.items()}
-        # every torch.optim class takes lr; the base class's signature does not say so
-        self.meta_optimizer = self.meta_optimizer_class(
-            self.init,
-            lr=self.meta_lr,
-            **self.meta_optimizer_kwargs,  # type: ignore[call-arg]
+    def _make_schedule(self, trainer: L.Trainer) -> TaskSchedule:
+        """The schedule from the data module's sizes, or this callback's where the data module leaves them open."""
+        datamodule = task_datamodule(trainer)
+        sizes: dict[str, int | None] = {}
+        for size in ("inner_steps", "meta_batch_size"):
+            mine, theirs = getattr(self, size), getattr(datamodule, size, None)
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(
+                    f"{size}={mine} disagrees with {type(datamodule).__name__}({size}={theirs}): tasks would be cut or "
+                    "grouped at the wrong steps. Set it on the data module only."
+                )
+            sizes[size] = theirs if theirs is not None else mine
+        if sizes["inner_steps"] is None:
+            raise ValueError("needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule.")
+        return TaskSchedule(
+            sizes["inner_steps"], sizes["meta_batch_size"] or 1, trainer.world_size, trainer.global_rank, self.parallel
         )
-        self._suspended = None
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedule = self.schedule
+        several = schedule.world_size > 1
+        self.learner = MetaLearner(
+            pl_module,
+            self.rule,
+            schedule.tasks_per_process,
+            self.meta_lr,
+            self.meta_optimizer,
+            self.meta_optimizer_kwargs,
+            self.include,
+            self.buffers,
+            self.parallel,
+            (lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")) if several else None,
+        )
         self._fresh_optimizer = [
             [{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
             for o in trainer.optimizers
         ]
         self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
-        if self._pending is not None:
-            self._apply_state(self._pending)
-            self._pending = None
+        self._suspended = None
+        if self._resumed is not None:
+            self._apply(self._resumed, pl_module)
+            self._resumed = None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._saved_schedule is not None:  # the loops' progress (global_step) is restored only now
-            self._resume_schedule(*self._saved_schedule, trainer.global_step)
-            self._saved_schedule = None
-            datamodule = task_datamodule(trainer)
-            if datamodule is not None:
-                datamodule.schedule = self.schedule
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
             trainer.strategy.model.require_backward_grad_sync = False  # type: ignore[union-attr]
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = task_datamodule(trainer)
-        if datamodule is not None:
+        if datamodule is not None and stage == "fit":
             datamodule.schedule = None  # the data module may be reused without this callback
 
     # ----------------------------------------------------------------- the loop
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -272,24 +267,17 @@ class MetaInit(L.Callback):
         if isinstance(batch, TaskBatch) and batch.task != task:
             raise RuntimeError(
                 f"The batch belongs to task {batch.task} of the stream but optimizer step {trainer.global_step} "
-                f"with inner_steps={self.inner_steps} is in task {task}: the data and the callback disagree on "
-                "where tasks end (check inner_steps and accumulate_grad_batches)."
+                f"with inner_steps={self.schedule.inner_steps} is in task {task}: the data and the callback disagree "
+                "on where tasks end (check inner_steps and accumulate_grad_batches)."
             )
         if task != self.active_task:
-            self._start_task(trainer, pl_module, task)
+            self._start_task(trainer, task)
             # once per task: a log call costs about as much as Leap's whole per-step update
             log_meta_progress(pl_module, task, self.meta_steps)
 
     @torch.no_grad()
-    def _load_init(self, pl_module: L.LightningModule) -> None:
-        torch._foreach_copy_(self._live, [p.detach() for p in self.init])
-        for name, buffer in self._live_buffers.items():
-            if name in self._buffer_start:
-                buffer.copy_(self._buffer_start[name])
-
-    @torch.no_grad()
-    def _start_task(self, trainer: L.Trainer, pl_module: L.LightningModule, task: int) -> None:
-        self._load_init(pl_module)
+    def _start_task(self, trainer: L.Trainer, task: int) -> None:
+        self._learner().start_task()
         for optimizer, groups in zip(trainer.optimizers, self._fresh_optimizer):
             optimizer.state.clear()
             for group, fresh in zip(optimizer.param_groups, groups):
@@ -298,14 +286,25 @@ class MetaInit(L.Callback):
             config.scheduler.load_state_dict(deepcopy(fresh_state))
         self.active_task = task
         self._suspended = None
-        self.on_task_start(self._live)
 
+    @override
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        """Sum the (already 1/accumulate-scaled) losses of the micro-batches of one optimizer step."""
+        if not self.rule.needs_loss:
+            return
+        loss = loss.detach()
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # fp16 AMP scaled the loss before this hook
+            loss = loss / scaler.get_scale()  # a host sync per step, under fp16 AMP only (bf16 and fp32 have none)
+        self._step_loss = loss if self._step_loss is None else self._step_loss + loss
+
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         self._stepped = True
-        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self._live]
-        with torch.no_grad():
-            self.on_inner_step(trainer, self._live, grads)
+        loss, self._step_loss = self._step_loss, None
+        self._learner().update(loss)
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -315,161 +314,93 @@ class MetaInit(L.Callback):
         if self.schedule.ends_task(trainer.global_step):
             self._end_task(trainer, pl_module, batch, batch_idx)
 
-    @torch.no_grad()
     def _end_task(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        meta_gradient = self.task_meta_gradient(trainer, pl_module, batch, batch_idx)
-        self.tasks_in_batch += 1
-        if all_finite(meta_gradient):
-            torch._foreach_add_(self.meta_grads(), meta_gradient)
-            self.tasks_kept += 1
-            if self.buffers == "keep":
-                self._buffer_start = {n: b.detach().clone() for n, b in self._live_buffers.items()}
-        else:
-            message = (
-                f"{type(self).__name__}: task {self.active_task} diverged (non-finite loss or parameters); it is "
-                "dropped from the meta-batch and theta_0 is not affected by it."
-            )
-            if self.schedule.task_parallel:  # each process warns of its own tasks
-                warnings.warn(message, stacklevel=2)
-            else:
-                rank_zero_warn(message)
-        if self.tasks_in_batch == self.schedule.tasks_per_process:
-            self._meta_step(trainer, pl_module)
+        final_loss = None
+        if self.rule.needs_final_loss:  # f(theta_K) on the task's last batch
+            with torch.no_grad(), trainer.precision_plugin.train_step_context(), side_effect_free(pl_module):
+                final_loss = training_loss(pl_module.training_step(batch, batch_idx))
+        meta_step = self._learner().end_task(final_loss, task=self.active_task)
+        for key, value in self.rule.metrics().items():
+            pl_module.log(f"{self.rule.name}/{key}", value, on_step=True, on_epoch=False)
+        if meta_step is not None:
+            kept, tasks = meta_step
+            pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
 
-    def meta_grads(self) -> list[Tensor]:
-        """theta_0's gradients: the meta-batch's summed meta-gradients (allocated in ``setup``)."""
-        grads = [p.grad for p in self.init]
-        if any(g is None for g in grads):
-            raise RuntimeError(f"{type(self).__name__}: theta_0 has no gradient buffer; was setup() called?")
-        return grads  # type: ignore[return-value]
-
-    def _meta_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert self.meta_optimizer is not None
-        grads = self.meta_grads()
-        kept, tasks = self.tasks_kept, self.tasks_in_batch
-        if self.schedule.task_parallel:  # one all-reduce: every process's meta-gradient sum and count of kept tasks
-            flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([float(kept)], device=grads[0].device)])
-            flat = trainer.strategy.reduce(flat, reduce_op="sum")
-            torch._foreach_copy_(
-                grads, [v.view_as(g) for v, g in zip(flat[:-1].split([g.numel() for g in grads]), grads)]
-            )
-            kept, tasks = int(flat[-1].item()), self.schedule.meta_batch_size
-        if kept:
-            torch._foreach_div_(grads, float(kept))
-            self.meta_optimizer.step()
-            self.meta_steps += 1
-        else:
-            rank_zero_warn(f"{type(self).__name__}: every task of the meta-batch diverged; theta_0 is unchanged.")
-        torch._foreach_zero_(grads)
-        pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
-        self.tasks_in_batch = self.tasks_kept = 0
-
-    def global_loss(self, trainer: L.Trainer, loss: Tensor) -> Tensor:
-        """A step's loss as the whole batch sees it: the mean over processes under data-parallel DDP."""
-        if self.schedule.parallel == "data" and self.schedule.world_size > 1:
-            return trainer.strategy.reduce(loss.clone(), reduce_op="mean")
-        return loss
-
+    @override
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave theta_0 and its buffers, the product of meta-training, in the module.
+        """Leave theta_0 and its buffers, the product of meta-training, in the module and in ``final.ckpt``.
 
-        The weights of a task cut short by the end of fit are kept for checkpoints saved after this point.
+        The weights of a task cut short by the end of fit are kept in the callback's state, so that a run resumed
+        from ``final.ckpt`` with a larger ``max_steps`` continues that task.
         """
-        self._suspended = [p.detach().clone() for p in self._live]
-        self._load_init(pl_module)
+        learner = self._learner()
+        self._suspended = [p.detach().clone() for p in learner.live]
+        learner.load_init()
+        checkpoint = trainer.checkpoint_callback
+        directory = getattr(checkpoint, "dirpath", None)
+        if self.final_checkpoint and directory is not None:
+            path = Path(directory) / FINAL_CHECKPOINT
+            trainer.save_checkpoint(path)
+            rank_zero_info(f"{type(self).__name__}: theta_0 written to {path}")
 
     # ----------------------------------------------------------------- checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
+        if self.learner is None:
+            return {}
+        state = self.learner.state_dict()
+        module = self.learner.module
         return {
-            "names": self.names,
-            "init": [p.detach().clone() for p in self.init],
-            "meta_grad": [g.clone() for g in self.meta_grads()],
-            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
-            "buffer_start": self._buffer_start,
-            "task_params": self._suspended or [p.detach().clone() for p in self._live],
-            "task_buffers": {n: b.detach().clone() for n, b in self._live_buffers.items()},
+            **state,
+            "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
+            "task_buffers": {n: b.detach().clone() for n, b in module.named_buffers()},
             "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
-            "counters": {
-                "meta_steps": self.meta_steps,
-                "tasks_in_batch": self.tasks_in_batch,
-                "tasks_kept": self.tasks_kept,
-                "active_task": self.active_task,
-            },
-            "rule": self.rule_state(),
+            "counters": {**state["counters"], "active_task": self.active_task},
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict["names"] != self.names:
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Continue the task stream where the saved run stopped (on any number of processes, see
+        :meth:`~lightning_meta.tasks.schedule.TaskSchedule.resumed_from`); the meta-state follows in
+        ``on_fit_start``, once the module is on its device."""
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not state:
+            return
+        name = type(self).__name__
+        if state["names"] != self.names:
             raise MisconfigurationException(
-                f"{type(self).__name__}: the checkpoint meta-learns {len(state_dict['names'])} tensors that differ "
-                f"from the {len(self.names)} selected now (include={self.include!r}); resume with the same model "
-                "and include filter."
+                f"{name}: the checkpoint meta-learns {len(state['names'])} tensors that differ from the "
+                f"{len(self.names)} selected now (include={self.include!r}); resume with the same model and include "
+                "filter."
             )
-        self._pending = state_dict
-
-    def _resume_schedule(self, saved: TaskSchedule, counters: dict[str, int], step: int) -> None:
-        """Continue the stream where the saved run stopped, on any number of processes.
-
-        A task-parallel run on several processes keeps a partial meta-batch per process, but only rank 0's is in
-        the checkpoint: such a run resumes from checkpoints at meta-step boundaries only.
-        """
-        at_boundary = counters["tasks_in_batch"] == 0 and saved.ends_task(step)
-        if saved.task_parallel and not at_boundary:
-            raise MisconfigurationException(
-                f"{type(self).__name__}: this checkpoint was saved in the middle of a meta-batch by a task-parallel "
-                f"run on {saved.world_size} processes, whose other processes' partial tasks it does not hold. Resume "
-                f"from a checkpoint at a meta-step boundary (ModelCheckpoint(every_n_train_steps=a multiple of "
-                f"{saved.inner_steps * saved.tasks_per_process}))."
-            )
-        same = (saved.world_size, saved.parallel) == (self.schedule.world_size, self.schedule.parallel)
-        if same or not (saved.task_parallel or self.schedule.task_parallel):
-            origin = (saved.origin_step, saved.origin_task)
-        elif at_boundary:
-            origin = (step, replace(saved, rank=0).task(step))  # rank 0's next task opens the next meta-batch
+        schedule = self.schedule
+        # checkpoints of version 0.1.0 have no schedule: they come from one process
+        single = TaskSchedule(schedule.inner_steps, schedule.meta_batch_size)
+        saved = TaskSchedule(**(state.get("schedule") or asdict(single)))
+        try:
+            resumed = schedule.resumed_from(saved, state["counters"]["tasks_in_batch"], checkpoint["global_step"])
+        except ValueError as error:
+            raise MisconfigurationException(f"{name}: {error}") from None
+        datamodule = task_datamodule(trainer)
+        if datamodule is not None:
+            datamodule.schedule = resumed
         else:
-            raise MisconfigurationException(
-                f"{type(self).__name__}: a run saved in the middle of a meta-batch resumes on the same number of "
-                f"processes only ({saved.world_size}, now {self.schedule.world_size}); resume from a checkpoint at "
-                "a meta-step boundary."
-            )
-        self.schedule = replace(self.schedule, origin_step=origin[0], origin_task=origin[1])
+            self._schedule = resumed
+        self._resumed = state
 
     @torch.no_grad()
-    def _apply_state(self, state: dict[str, Any]) -> None:
-        assert self.meta_optimizer is not None
-        # checkpoints of version 0.1.0 have no schedule: they come from one process
-        saved = state.get("schedule") or asdict(TaskSchedule(self.schedule.inner_steps, self.schedule.meta_batch_size))
-        self._saved_schedule = (TaskSchedule(**saved), state["counters"])
-        torch._foreach_copy_([p.data for p in self.init], state["init"])
-        torch._foreach_copy_(self.meta_grads(), state["meta_grad"])
-        torch._foreach_copy_(self._live, state["task_params"])
+    def _apply(self, state: dict[str, Any], pl_module: L.LightningModule) -> None:
+        learner = self._learner()
+        learner.load_state_dict(state)
+        torch._foreach_copy_(learner.live, state["task_params"])
+        buffers = dict(pl_module.named_buffers())
         for name, buffer in state["task_buffers"].items():
-            self._live_buffers[name].copy_(buffer)
-        if state["meta_optimizer"] is not None:
-            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        device = self._live[0].device
-        self._buffer_start = {n: b.to(device) for n, b in state["buffer_start"].items()}
-        counters = state["counters"]
-        self.meta_steps = counters["meta_steps"]
-        self.tasks_in_batch = counters["tasks_in_batch"]
-        self.tasks_kept = counters["tasks_kept"]
-        self.active_task = counters["active_task"]
-        self.load_rule_state(state["rule"])
+            buffers[name].copy_(buffer)
+        self.active_task = state["counters"]["active_task"]
 
-    def init_state_dict(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
-        """The module's ``state_dict`` with theta_0 and the buffers a task starts with in place of the live ones."""
-        init_of = {id(live): init for live, init in zip(self._live, self.init)}
-        state = {}
-        for name, tensor in pl_module.state_dict(keep_vars=True).items():
-            start = init_of.get(id(tensor), self._buffer_start.get(name, tensor))
-            state[name] = start.detach().clone()
-        return state
-
+    @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.save_init_as_weights:
-            checkpoint["state_dict"].update(
-                (name, tensor)
-                for name, tensor in self.init_state_dict(pl_module).items()
-                if name in checkpoint["state_dict"]
-            )
+        if self.save_init_as_weights and self.learner is not None:
+            weights = checkpoint["state_dict"]
+            weights.update((n, t) for n, t in self.learner.init_state_dict().items() if n in weights)

@@ -1,7 +1,5 @@
-"""Reptile (Nichol et al., 2018): move theta_0 towards where training on each task ends.
-
-theta_0 <- theta_0 + meta_lr * mean over tasks of (theta_K - theta_0), expressed as the meta-gradient
-theta_0 - theta_K for the meta-optimizer (plain SGD with ``lr=meta_lr`` gives exactly the rule above).
+"""``Reptile``: the Lightning callback of Reptile (Nichol et al., 2018), the rule of
+:class:`~lightning_meta.engine.ReptileRule`: theta_0 <- theta_0 + meta_lr * mean over tasks of (theta_K - theta_0).
 
 Examples:
     >>> import lightning as L
@@ -14,21 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-import torch
-from torch import Tensor
-
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.engine import ReptileRule
 
 
 class Reptile(MetaInit):
     """Meta-learn theta_0 with Reptile; no work inside the inner loop, one subtraction per task.
 
-    Takes the :class:`~lightning_meta.callbacks.MetaInit` arguments (``inner_steps``, ``meta_batch_size``,
-    ``meta_lr``, ``meta_optimizer``, ``include``, ``buffers``, ...).
+    Args:
+        **kwargs: the :class:`~lightning_meta.callbacks.MetaInit` arguments (``inner_steps``, ``meta_batch_size``,
+            ``meta_lr``, ``meta_optimizer``, ``include``, ``buffers``, ...).
     """
 
-    def task_meta_gradient(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> list[Tensor]:
-        return list(torch._foreach_sub([p.detach() for p in self.init], self._live))
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(rule=ReptileRule(), **kwargs)

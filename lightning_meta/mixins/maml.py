@@ -158,6 +158,12 @@ class MAMLMixin:
         """The loss of the inner loop and of the query set. Default: cross-entropy."""
         return F.cross_entropy(outputs, targets)
 
+    @property
+    def fixed_inner_steps(self) -> int | None:
+        """The inner steps :meth:`configure_maml` fixed (``None``: one per support batch of the episode); episodes
+        carry that many support batches by default (:class:`~lightning_meta.protocols.FixedInnerSteps`)."""
+        return self.maml.inner_steps
+
     def configure_inner_optimizer(self) -> torch.optim.Optimizer:
         """The inner loop as a ``torch.optim`` optimizer (SGD at ``inner_lr`` over the adapted parameters)."""
         params = dict(self._as_module().named_parameters())

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_meta.recipes.classifier import ConvClassifier
+from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.family import SPLITS
 
 
@@ -69,13 +70,12 @@ class DatasetClassifier(ConvClassifier):
     def setup(self, stage: str) -> None:
         """Read the classes of the data module's tasks; every split's must fit the heads (checked now rather than
         when the held-out evaluation reaches a big data set)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tasks = getattr(datamodule, "tasks", None)
-        if stage != "fit" or tasks is None:
+        datamodule = getattr(self.trainer, "datamodule", None)  # Lightning sets it without declaring it
+        if stage != "fit" or not isinstance(datamodule, TaskDataModule):
             return
-        self.data_seed = getattr(datamodule, "seed", 0)
-        self.train_classes = [task.num_classes for task in tasks("train")]
-        self._check_classes(max((task.num_classes for split in SPLITS for task in tasks(split)), default=1))
+        self.data_seed = datamodule.seed
+        self.train_classes = [task.num_classes for task in datamodule.tasks("train")]
+        self._check_classes(max((task.num_classes for split in SPLITS for task in datamodule.tasks(split)), default=1))
         if self.multi_head and not self.heads:
             self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in self.train_classes)
 

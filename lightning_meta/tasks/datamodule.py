@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from lightning_meta.protocols import StepsPerBatch, implements
 from lightning_meta.tasks.family import Split, Task, TaskFamily, dataset_length
 from lightning_meta.tasks.schedule import TaskSchedule
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
@@ -58,8 +59,10 @@ def random_affine() -> Callable[[Tensor], Tensor]:
 
 class StreamDataModule(L.LightningDataModule):
     """What meta-learning callbacks read from a data module: tasks of ``inner_steps`` optimizer steps, grouped into
-    meta-batches of ``meta_batch_size``, and the :class:`TaskSchedule` a callback installs in ``schedule`` (which task
-    each process trains at each step). :class:`TaskDataModule` streams datasets; other streams (environments) too.
+    meta-batches of ``meta_batch_size``. The run's :class:`TaskSchedule` (which task each process trains at each
+    step) lives here, in ``schedule``: the meta-learning callback makes it in ``setup`` from these sizes and the
+    Trainer's processes, moves its origin when a run resumes, and the stream and the callback both read it.
+    :class:`TaskDataModule` streams datasets; other streams (environments) too.
 
     Args:
         inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
@@ -80,7 +83,7 @@ class StreamDataModule(L.LightningDataModule):
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
-        self.schedule: TaskSchedule | None = None  # set by a meta-learning callback; see :meth:`task_schedule`
+        self.schedule: TaskSchedule | None = None  # made by a meta-learning callback; see :meth:`task_schedule`
 
     def _processes(self) -> tuple[int, int]:
         """``(world_size, global_rank)`` of the Trainer (``(1, 0)`` without one)."""
@@ -177,11 +180,14 @@ class TaskDataModule(StreamDataModule):
 
     def _consumed_batches(self) -> int:
         """Batches the run has consumed. A module that takes several optimizer steps per batch (e.g. truncated
-        back-propagation) says how many in an ``optimizer_steps_per_batch`` attribute."""
+        back-propagation) says how many (:class:`~lightning_meta.protocols.StepsPerBatch`)."""
         trainer = self.trainer
         if trainer is None:
             return 0
-        steps_per_batch = getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)
+        module = trainer.lightning_module
+        steps_per_batch = 1
+        if implements(module, StepsPerBatch, "the task stream"):
+            steps_per_batch = module.optimizer_steps_per_batch
         return trainer.global_step // steps_per_batch * trainer.accumulate_grad_batches
 
     def batch_sampler(self) -> TaskBatchSampler:
@@ -196,9 +202,8 @@ class TaskDataModule(StreamDataModule):
             )
 
         def locate(batch: int) -> tuple[int, int]:
-            now = self.task_schedule()  # read at every batch: a resumed callback moves its origin after this point
             step, micro = divmod(batch, accumulation)
-            return now.task(step), (step - now.origin_step) % now.inner_steps * accumulation + micro
+            return schedule.task(step), (step - schedule.origin_step) % schedule.inner_steps * accumulation + micro
 
         return TaskBatchSampler(
             [dataset_length(task.train) for task in self._train_tasks],

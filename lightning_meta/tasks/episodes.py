@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from lightning_meta.protocols import FixedInnerSteps, implements
 from lightning_meta.tasks.datamodule import TaskDataModule, random_affine
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset
@@ -182,7 +183,8 @@ class EpisodeDataModule(TaskDataModule):
         if self.support_batches is not None:
             return self.support_batches
         model = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(getattr(model, "maml", None), "inner_steps", None) or self.inner_steps
+        fixed = model.fixed_inner_steps if implements(model, FixedInnerSteps, type(self).__name__) else None
+        return fixed or self.inner_steps
 
     @staticmethod
     def default_tasks_per_epoch(meta_batch_size: int | None) -> int:

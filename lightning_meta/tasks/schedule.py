@@ -21,7 +21,7 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Parallel = Literal["tasks", "data"]
@@ -73,3 +73,30 @@ class TaskSchedule:
     def ends_task(self, step: int) -> bool:
         """Whether ``step`` (the number of optimizer steps taken) completes a task."""
         return (step - self.origin_step) % self.inner_steps == 0
+
+    def resumed_from(self, saved: TaskSchedule, tasks_in_batch: int, step: int) -> TaskSchedule:
+        """This schedule, continuing the stream where a run with schedule ``saved`` stopped after ``step`` local
+        optimizer steps with ``tasks_in_batch`` tasks of its meta-batch done; on any number of processes.
+
+        A task-parallel run on several processes keeps a partial meta-batch per process, but only rank 0's is in
+        its checkpoint: such a run resumes from checkpoints at meta-step boundaries only.
+        """
+        at_boundary = tasks_in_batch == 0 and saved.ends_task(step)
+        if saved.task_parallel and not at_boundary:
+            raise ValueError(
+                f"this checkpoint was saved in the middle of a meta-batch by a task-parallel run on {saved.world_size} "
+                "processes, whose other processes' partial tasks it does not hold. Resume from a checkpoint at a "
+                f"meta-step boundary (ModelCheckpoint(every_n_train_steps=a multiple of "
+                f"{saved.inner_steps * saved.tasks_per_process}))."
+            )
+        same = (saved.world_size, saved.parallel) == (self.world_size, self.parallel)
+        if same or not (saved.task_parallel or self.task_parallel):
+            origin = (saved.origin_step, saved.origin_task)
+        elif at_boundary:
+            origin = (step, replace(saved, rank=0).task(step))  # rank 0's next task opens the next meta-batch
+        else:
+            raise ValueError(
+                f"a run saved in the middle of a meta-batch resumes on the same number of processes only "
+                f"({saved.world_size}, now {self.world_size}); resume from a checkpoint at a meta-step boundary."
+            )
+        return replace(self, origin_step=origin[0], origin_task=origin[1])

@@ -1,0 +1,19 @@
+"""The meta-learning engine in plain PyTorch (no Lightning): meta-state, trajectory rules, and the learner that
+binds them to a module. Every front door (Lightning callbacks, Fabric, a plain loop) runs on it."""
+
+from lightning_meta.engine.leap import LeapRule
+from lightning_meta.engine.learner import MetaLearner
+from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum
+from lightning_meta.engine.reptile import ReptileRule
+from lightning_meta.engine.rule import TrajectoryRule
+
+__all__ = [
+    "AllReduce",
+    "LeapRule",
+    "MetaLearner",
+    "MetaState",
+    "ReptileRule",
+    "TrajectoryRule",
+    "distributed_sum",
+]
+

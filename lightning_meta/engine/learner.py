@@ -1,0 +1,217 @@
+"""``MetaLearner``: meta-learn the initialisation of a module's parameters from any training loop.
+
+It binds a module's parameters (those ``include`` selects) to a :class:`~lightning_meta.engine.MetaState` and a
+:class:`~lightning_meta.engine.TrajectoryRule`. The loop it serves is the reference Leap code's: start each task
+from theta_0, report every inner step after ``backward``, end the task; after ``meta_batch_size`` tasks theta_0 takes
+a meta-step by itself. This is the engine behind all three front doors: the Lightning callbacks
+(:class:`~lightning_meta.Leap`, :class:`~lightning_meta.Reptile`, :class:`~lightning_meta.MetaInit`), a Lightning
+Fabric loop (:mod:`lightning_meta.fabric`) and a plain PyTorch loop, as here.
+
+Examples:
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from lightning_meta.engine import LeapRule, MetaLearner
+    >>> model = torch.nn.Linear(4, 2)
+    >>> meta = MetaLearner(model, LeapRule(), meta_batch_size=2, meta_lr=0.1)
+    >>> for task in range(4):
+    ...     meta.start_task()                                   # theta_0 into the model, a fresh trajectory
+    ...     inner = torch.optim.SGD(model.parameters(), lr=0.1)  # a fresh inner optimizer per task
+    ...     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    ...     for step in range(5):
+    ...         loss = F.cross_entropy(model(x), y)
+    ...         inner.zero_grad()
+    ...         loss.backward()
+    ...         meta.update(loss)                               # after backward, before the inner step
+    ...         inner.step()
+    ...     _ = meta.end_task(final_loss=lambda: F.cross_entropy(model(x), y))
+    >>> meta.meta_steps
+    2
+    >>> meta.load_init()  # the model now holds theta_0
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_meta.engine.meta_state import AllReduce, MetaState
+from lightning_meta.engine.rule import TrajectoryRule
+from lightning_meta.utils import ParamFilter, parameter_filter
+
+Parallel = Literal["tasks", "data"]
+Buffers = Literal["reset", "keep"]
+
+
+def select_parameters(module: nn.Module, include: str | ParamFilter | None) -> list[tuple[str, nn.Parameter]]:
+    """The trainable parameters of ``module`` that ``include`` selects (see
+    :func:`~lightning_meta.utils.parameter_filter`); none is an error that lists the module's parameter names."""
+    chosen = parameter_filter(include)
+    selected = [(n, p) for n, p in module.named_parameters() if p.requires_grad and chosen(n, p)]
+    if not selected:
+        names = [n for n, _ in module.named_parameters()][:20]
+        raise ValueError(
+            f"include={include!r} matched no trainable parameter of {type(module).__name__}; its parameters are: "
+            f"{names}"
+        )
+    return selected
+
+
+class MetaLearner:
+    """Meta-learn theta_0 of ``module``'s parameters with ``rule`` (see the module docstring for the loop).
+
+    Args:
+        module: the model trained on each task; its selected parameters hold the task's weights.
+        rule: turns a task's trajectory into a meta-gradient (:class:`~lightning_meta.engine.LeapRule`,
+            :class:`~lightning_meta.engine.ReptileRule`, your own).
+        meta_batch_size: tasks this process trains per meta-step (task-parallel on W processes: its share).
+        meta_lr, meta_optimizer, meta_optimizer_kwargs: the meta-optimizer of theta_0
+            (:class:`~lightning_meta.engine.MetaState`).
+        include: which trainable parameters are meta-learned: a regular expression searched in the name, or a
+            predicate ``(name, parameter) -> bool``; ``None`` selects all. The others (e.g. per-task heads) train
+            freely inside each task and are left alone at task starts.
+        buffers: ``"reset"``: buffers (BatchNorm statistics) return to their value when the learner was made at
+            every task start; ``"keep"``: they carry over from the last task that did not diverge.
+        parallel: with ``all_reduce``: ``"tasks"``: each process trains its own tasks, their meta-gradients are
+            summed once per meta-step; ``"data"``: all processes train the same task on shards of each batch (the
+            module's gradients are already averaged, e.g. by DDP), and each step's loss is averaged over them.
+        all_reduce: sums a tensor over the processes (``None``: one process).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        rule: TrajectoryRule,
+        meta_batch_size: int = 1,
+        meta_lr: float = 0.1,
+        meta_optimizer: str | type[Optimizer] = "SGD",
+        meta_optimizer_kwargs: dict[str, Any] | None = None,
+        include: str | ParamFilter | None = None,
+        buffers: Buffers = "reset",
+        parallel: Parallel = "tasks",
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        if buffers not in ("reset", "keep"):
+            raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
+        if parallel not in ("tasks", "data"):
+            raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
+        selected = select_parameters(module, include)
+        self.module = module
+        self.rule = rule
+        self.names = [n for n, _ in selected]
+        self.live: list[Tensor] = [p for _, p in selected]
+        self.buffers = buffers
+        self.parallel = parallel
+        self.all_reduce = all_reduce
+        self.state = MetaState(
+            self.live,
+            meta_batch_size,
+            meta_lr,
+            meta_optimizer,
+            meta_optimizer_kwargs,
+            all_reduce if parallel == "tasks" else None,
+        )
+        self.buffer_start = {n: b.detach().clone() for n, b in module.named_buffers()}
+
+    @property
+    def theta_0(self) -> list[nn.Parameter]:
+        """The meta-learned init, one tensor per selected parameter (in the order of :attr:`names`)."""
+        return self.state.theta_0
+
+    @property
+    def meta_steps(self) -> int:
+        return self.state.meta_steps
+
+    @torch.no_grad()
+    def load_init(self) -> None:
+        """Copy theta_0 and the buffers a task starts with into the module."""
+        torch._foreach_copy_(self.live, [p.detach() for p in self.theta_0])
+        for name, buffer in self.module.named_buffers():
+            if name in self.buffer_start:
+                buffer.copy_(self.buffer_start[name])
+
+    def start_task(self) -> None:
+        """Start a task: the module holds theta_0 and the rule a fresh trajectory. (A fresh inner optimizer is the
+        loop's job.)"""
+        self.load_init()
+        with torch.no_grad():
+            self.rule.start(self.theta_0, self.live)
+
+    @torch.no_grad()
+    def update(self, loss: Tensor | None = None) -> None:
+        """Record an inner step: call after ``backward`` and before the inner optimizer's ``step``; ``loss`` is the
+        step's (unscaled) loss, needed by rules with ``needs_loss`` (Leap with ``loss=True``)."""
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
+        self.rule.step(self.live, grads, self._global_loss(loss))
+
+    def _global_loss(self, loss: Tensor | None) -> Tensor | None:
+        """The loss in theta_0's precision, averaged over the processes under data-parallel training."""
+        if loss is None or not self.rule.needs_loss:
+            return None
+        loss = loss.detach().to(self.theta_0[0].dtype)
+        if self.parallel == "data" and self.all_reduce is not None:
+            total, processes = self.all_reduce(torch.stack([loss, torch.ones_like(loss)]))
+            loss = total / processes
+        return loss
+
+    @torch.no_grad()
+    def end_task(
+        self, final_loss: Tensor | Callable[[], Tensor] | None = None, task: object = None
+    ) -> tuple[int, int] | None:
+        """End the task at the module's current weights. When this completes the meta-batch, theta_0 steps and the
+        result is ``(kept, tasks)``: the tasks of the meta-batch (over all processes) and how many of them did not
+        diverge; else ``None``.
+
+        ``final_loss`` is the loss at theta_K on the task's last batch (a tensor or a function computing it, called
+        without gradients), needed by rules with ``needs_final_loss``. A task whose meta-gradient is not finite is
+        dropped with a warning naming ``task``.
+        """
+        if self.rule.needs_final_loss and final_loss is None:
+            raise ValueError(f"{type(self.rule).__name__} needs the loss at the task's last weights: pass final_loss=")
+        if callable(final_loss):
+            final_loss = final_loss()
+        meta_gradient = self.rule.end(self.live, self._global_loss(final_loss))
+        if self.state.add_task(meta_gradient):
+            if self.buffers == "keep":
+                self.buffer_start = {n: b.detach().clone() for n, b in self.module.named_buffers()}
+        else:
+            warnings.warn(
+                f"task {task} diverged (non-finite loss or parameters); it is dropped from the meta-batch and theta_0 "
+                "is not affected by it.",
+                stacklevel=2,
+            )
+        return self.state.step() if self.state.batch_complete else None
+
+    def init_state_dict(self) -> dict[str, Tensor]:
+        """The module's ``state_dict`` with theta_0 and the buffers a task starts with in place of the live ones."""
+        init_of = {id(live): init for live, init in zip(self.live, self.theta_0)}
+        state = {}
+        for name, tensor in self.module.state_dict(keep_vars=True).items():
+            start = init_of.get(id(tensor), self.buffer_start.get(name, tensor))
+            state[name] = start.detach().clone()
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """theta_0, the meta-optimizer, the partial meta-batch, the rule's trajectory state and the buffers' start
+        values (the module's own weights are the loop's to save)."""
+        state = self.state.state_dict()
+        return {**state, "names": self.names, "buffer_start": self.buffer_start, "rule": self.rule.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict` on a learner of the same module and ``include``; the rule resumes the
+        trajectory of the task that was running."""
+        if state["names"] != self.names:
+            raise ValueError(
+                f"the saved state meta-learns {len(state['names'])} tensors that differ from the {len(self.names)} "
+                "selected now: resume with the same model and include filter."
+            )
+        self.state.load_state_dict(state)
+        device = self.theta_0[0].device
+        self.buffer_start = {n: b.to(device) for n, b in state["buffer_start"].items()}
+        self.rule.start(self.theta_0, self.live)
+        self.rule.load_state_dict(state["rule"])

@@ -1,0 +1,159 @@
+"""``MetaState``: theta_0, its meta-optimizer and the meta-batch being gathered, shared by every front door.
+
+Tasks hand in their meta-gradients with :meth:`MetaState.add_task`; one that is not finite (a task that diverged)
+is dropped and never touches theta_0. After ``meta_batch_size`` tasks :meth:`MetaState.step` averages the kept ones
+(over all processes, through the ``all_reduce`` the front door passes in) and steps the meta-optimizer.
+``state_dict`` / ``load_state_dict`` carry all of it, a half-gathered meta-batch included.
+
+Examples:
+    >>> import torch
+    >>> state = MetaState([torch.zeros(2)], meta_batch_size=2, meta_lr=0.5)
+    >>> state.add_task([torch.tensor([1.0, 2.0])]), state.add_task([torch.tensor([float("nan"), 0.0])])
+    (True, False)
+    >>> state.batch_complete, state.step()
+    (True, (1, 2))
+    >>> state.theta_0[0].detach()  # SGD: 0 - 0.5 * mean of the one kept task
+    tensor([-0.5000, -1.0000])
+
+    In a plain ``torch.distributed`` run (one process per rank, the process group initialised), the meta-batch is
+    spread over the processes and reduced with :func:`distributed_sum`:
+
+    >>> shared = MetaState([torch.zeros(2)], meta_batch_size=1, all_reduce=distributed_sum)
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+AllReduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over all processes and returns the sum (e.g. ``lambda t: fabric.all_reduce(t, reduce_op="sum")``)."""
+
+
+def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
+    """Resolve ``"SGD"``, ``"torch.optim.Adam"``, ``"my_pkg.MyOptimizer"`` or a class to an optimizer class."""
+    if isinstance(spec, str):
+        module, _, name = spec.rpartition(".")
+        spec = getattr(importlib.import_module(module or "torch.optim"), name, None)  # type: ignore[assignment]
+    if not (isinstance(spec, type) and issubclass(spec, Optimizer)):
+        raise ValueError(f"meta_optimizer must name a torch.optim.Optimizer class (e.g. 'SGD', 'Adam'), got {spec!r}")
+    return spec
+
+
+def distributed_sum(tensor: Tensor) -> Tensor:
+    """The :data:`AllReduce` of a plain ``torch.distributed`` loop: the sum over the default process group."""
+    torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """One host-device synchronisation for the whole list."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class MetaState:
+    """theta_0 (``theta_0``: parameters whose ``.grad`` gathers the meta-batch), the meta-optimizer and counters.
+
+    Args:
+        theta_0: the initial values of the meta-learned tensors (copied).
+        meta_batch_size: tasks this process adds before each meta-step (under task-parallel training on W
+            processes: the meta-batch's share of this process).
+        meta_lr: learning rate of the meta-optimizer.
+        meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
+        meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
+        all_reduce: sums over processes; given, each meta-step averages the kept tasks of all processes.
+    """
+
+    def __init__(
+        self,
+        theta_0: Iterable[Tensor],
+        meta_batch_size: int = 1,
+        meta_lr: float = 0.1,
+        meta_optimizer: str | type[Optimizer] = "SGD",
+        meta_optimizer_kwargs: dict[str, Any] | None = None,
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        if meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        self.theta_0 = [torch.nn.Parameter(t.detach().clone()) for t in theta_0]
+        for p in self.theta_0:
+            p.grad = torch.zeros_like(p)
+        # every torch.optim class takes lr; the base class's signature does not say so
+        self.optimizer = optimizer_class(meta_optimizer)(
+            self.theta_0, lr=meta_lr, **(meta_optimizer_kwargs or {})  # type: ignore[call-arg]
+        )
+        self.meta_batch_size = meta_batch_size
+        self.all_reduce = all_reduce
+        self.meta_steps = 0
+        self.tasks_in_batch = 0  # tasks of the current meta-batch handed in on this process
+        self.tasks_kept = 0  # of those, the ones that stayed finite
+
+    @property
+    def grads(self) -> list[Tensor]:
+        """The sum of the kept meta-gradients of the current meta-batch."""
+        return [p.grad for p in self.theta_0]  # type: ignore[misc]
+
+    @property
+    def batch_complete(self) -> bool:
+        """Whether this process has handed in all its tasks of the meta-batch."""
+        return self.tasks_in_batch >= self.meta_batch_size
+
+    @torch.no_grad()
+    def add_task(self, meta_gradient: Sequence[Tensor]) -> bool:
+        """Add one task's meta-gradient to the meta-batch; ``False`` (and nothing added) if it is not finite."""
+        self.tasks_in_batch += 1
+        if not all_finite(meta_gradient):
+            return False
+        torch._foreach_add_(self.grads, list(meta_gradient))
+        self.tasks_kept += 1
+        return True
+
+    @torch.no_grad()
+    def step(self) -> tuple[int, int]:
+        """Average the kept meta-gradients (over all processes) and step theta_0; returns ``(kept, tasks)``."""
+        grads = self.grads
+        kept, tasks = self.tasks_kept, self.tasks_in_batch
+        if self.all_reduce is not None:  # one collective: every process's sums and counts
+            counts = grads[0].new_tensor([kept, tasks])
+            flat = self.all_reduce(torch.cat([g.flatten() for g in grads] + [counts]))
+            sums = flat[:-2].split([g.numel() for g in grads])
+            torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(sums, grads)])
+            kept, tasks = (int(n) for n in flat[-2:].tolist())
+        if kept:
+            torch._foreach_div_(grads, float(kept))
+            self.optimizer.step()
+            self.meta_steps += 1
+        else:
+            warnings.warn("every task of the meta-batch diverged; theta_0 is unchanged.", stacklevel=2)
+        torch._foreach_zero_(grads)
+        self.tasks_in_batch = self.tasks_kept = 0
+        return kept, tasks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "init": [p.detach().clone() for p in self.theta_0],
+            "meta_grad": [g.clone() for g in self.grads],
+            "meta_optimizer": self.optimizer.state_dict(),
+            "counters": {
+                "meta_steps": self.meta_steps,
+                "tasks_in_batch": self.tasks_in_batch,
+                "tasks_kept": self.tasks_kept,
+            },
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch._foreach_copy_([p.data for p in self.theta_0], state["init"])
+        torch._foreach_copy_(self.grads, state["meta_grad"])
+        if state["meta_optimizer"] is not None:
+            self.optimizer.load_state_dict(state["meta_optimizer"])
+        counters = state["counters"]
+        self.meta_steps = counters["meta_steps"]
+        self.tasks_in_batch = counters["tasks_in_batch"]
+        self.tasks_kept = counters["tasks_kept"]

@@ -1,0 +1,119 @@
+"""The links between parts that are not imports, declared once: what one part needs another object to have.
+
+Each link is a ``typing.Protocol``. The part that relies on it asks :func:`implements` (an optional ability: does
+the object have it?) or :func:`require` (a must); both name what is missing when an object has only part of it.
+
+Examples:
+    >>> import torch
+    >>> class Classifier:
+    ...     def start_task(self, num_classes: int) -> None:
+    ...         self.classes = num_classes
+    >>> implements(Classifier(), TaskHead, "MetaEvaluation")
+    True
+    >>> implements(torch.nn.Linear(2, 2), TaskHead, "MetaEvaluation")
+    False
+    >>> class HalfData:
+    ...     inner_steps = 10
+    ...     def tasks(self, split): return []
+    >>> require(HalfData(), HeldOutTasks, "MetaEvaluation")
+    Traceback (most recent call last):
+    ...
+    TypeError: MetaEvaluation needs HalfData to have batch_size (HeldOutTasks: What a data module gives held-out ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Protocol, TypeGuard, TypeVar, runtime_checkable
+
+from torch.optim import Optimizer
+from typing_extensions import get_protocol_members
+
+if TYPE_CHECKING:
+    from lightning_meta.tasks.family import Split, Task
+
+P = TypeVar("P")
+
+
+@runtime_checkable
+class StepsPerBatch(Protocol):
+    """A module that takes several optimizer steps per batch (e.g. truncated back-propagation through an unroll):
+    the task stream counts the batches a run consumed with it (:class:`~lightning_meta.tasks.TaskDataModule`)."""
+
+    @property
+    def optimizer_steps_per_batch(self) -> int: ...
+
+
+@runtime_checkable
+class FixedInnerSteps(Protocol):
+    """A module whose inner loop has a fixed number of steps (MAML): episodes carry that many support batches
+    unless told otherwise (:class:`~lightning_meta.tasks.EpisodeDataModule`); ``None``: not fixed."""
+
+    @property
+    def fixed_inner_steps(self) -> int | None: ...
+
+
+@runtime_checkable
+class InnerOptimizer(Protocol):
+    """A module whose ``configure_optimizers`` is a meta-optimizer (MAML): held-out tasks train with this optimizer
+    instead (:class:`~lightning_meta.callbacks.held_out.HeldOutTraining`)."""
+
+    def configure_inner_optimizer(self) -> Optimizer: ...
+
+
+@runtime_checkable
+class TaskHead(Protocol):
+    """A classifier with a head per task, drawn afresh when each held-out task starts
+    (:class:`~lightning_meta.MetaEvaluation`)."""
+
+    def start_task(self, num_classes: int) -> None: ...
+
+
+@runtime_checkable
+class HeldOutTasks(Protocol):
+    """What a data module gives held-out evaluation: the tasks of a split, and the default steps per task and batch
+    size (:class:`~lightning_meta.MetaEvaluation`; a :class:`~lightning_meta.tasks.TaskDataModule` has them)."""
+
+    inner_steps: int
+    batch_size: int
+
+    def tasks(self, split: Split) -> list[Task]: ...
+
+
+def _missing(obj: object, protocol: type) -> tuple[list[str], list[str]]:
+    """``(present, missing)`` members of ``protocol`` on ``obj``; a method that is there but not callable is missing."""
+    present: list[str] = []
+    missing: list[str] = []
+    for name in sorted(get_protocol_members(protocol)):
+        wanted_callable = inspect.isfunction(inspect.getattr_static(protocol, name, None))
+        value = getattr(obj, name, _ABSENT)
+        ok = value is not _ABSENT and (callable(value) or not wanted_callable)
+        (present if ok else missing).append(name)
+    return present, missing
+
+
+_ABSENT = object()
+
+
+def implements(obj: object, protocol: type[P], user: str) -> TypeGuard[P]:
+    """Whether ``obj`` has all of ``protocol``; some but not all of it is an error naming the rest (``user``: who
+    relies on it, for the message)."""
+    present, missing = _missing(obj, protocol)
+    if present and missing:
+        _fail(obj, protocol, user, present, missing)
+    return not missing
+
+
+def require(obj: object, protocol: type[P], user: str) -> None:
+    """Fail with a message naming what ``obj`` lacks of ``protocol`` unless it has all of it."""
+    present, missing = _missing(obj, protocol)
+    if missing:
+        _fail(obj, protocol, user, present, missing)
+
+
+def _fail(obj: object, protocol: type, user: str, present: list[str], missing: list[str]) -> None:
+    summary = (protocol.__doc__ or "").split(":")[0].strip()
+    has = f": it has {', '.join(present)}" if present else ""
+    raise TypeError(
+        f"{user} needs {type(obj).__name__} to have {', '.join(missing)} ({protocol.__name__}: {summary}){has}"
+    )
