@@ -230,8 +230,9 @@ class DynamicalLanguageModel(L.LightningModule):
     @torch.inference_mode(False)
     def evaluate_held_out(self, path: Path) -> list[dict[str, Any]]:
         """Read the test documents with every updater (SGD's learning rate chosen on the validation documents);
-        write ``path`` (figure) and the table beside it (``.csv``: one row per updater; ``.json``: also the
-        validation scores and the curves); log the bits per byte and the figure; return the rows."""
+        write ``path`` (figure) and the table beside it (``.csv``: one row per updater, bits per byte over the whole
+        documents and over the segments a training crop has, ``inner_steps + 1``; ``.json``: also the validation
+        scores and the curves); log the bits per byte and the figure; return the rows."""
         data = task_datamodule(self.trainer)
         assert isinstance(data, DocumentDataModule), "checked in setup"
         if self.global_step // self.optimizer_steps_per_batch <= self.hparams["pretrain_batches"]:
@@ -258,10 +259,10 @@ class DynamicalLanguageModel(L.LightningModule):
                 rank_zero_info(f"DynamicalLanguageModel: reading the test documents, {INITS[key]}, {updater}")
                 bits, sizes = read_documents(model, held_out["test"], segment, pattern, factory)
                 curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
-                rows.append(
-                    {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes),
-                     "bytes": int(sizes.sum()), "documents": len(held_out["test"]), **extra}
-                )
+                horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
+                row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
+                row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
+                rows.append({**row, "bytes": int(sizes.sum()), "documents": len(held_out["test"]), **extra})
         self._report(rows, curves, documents, segment, path)
         return rows
 
@@ -274,7 +275,8 @@ class DynamicalLanguageModel(L.LightningModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".json").write_text(json.dumps(table, indent=1))
         with path.with_suffix(".csv").open("w", newline="") as f:
-            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "bytes", "documents"]
+            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "bytes"]
+            columns.append("documents")
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
