@@ -102,8 +102,12 @@ def test_document_splits_are_deterministic_disjoint_and_follow_the_crc32_rule():
 
 def wikitext_article(rng: torch.Generator, title: str) -> str:
     words = ["the", "cat", "sat", "on", "mat", "@-@", "1", "<unk>", "and", "dog"]
-    line = lambda n: " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=rng)) + " . \n"
-    return f" = {title} = \n \n {line(12)} \n = = Section = = \n \n {line(7)} \n = = = Sub @-@ section = = = \n {line(5)} \n"
+
+    def line(n: int) -> str:
+        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=rng)) + " . \n"
+
+    heading, sub = " = = Section = = \n", " = = = Sub @-@ section = = = \n"
+    return f" = {title} = \n \n {line(12)} \n{heading} \n {line(7)} \n{sub} {line(5)} \n"
 
 
 def test_the_loader_reads_generated_wikitext_raw_files(tmp_path):
