@@ -100,6 +100,18 @@ def test_document_splits_are_deterministic_disjoint_and_follow_the_crc32_rule():
     assert bytes(document.train.data.tolist()) == topics[document.name].encode("utf-8")
 
 
+def test_the_standard_library_sources_are_documents_too():
+    import sysconfig
+
+    family = TextDocuments(source="stdlib")
+    splits = {split: {t.name: t for t in family.tasks(split)} for split in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) > 100
+    (home,) = [s for s in splits.values() if "os.py" in s]
+    path = Path(sysconfig.get_paths()["stdlib"]) / "os.py"
+    assert bytes(home["os.py"].train.data.tolist()) == path.read_bytes()
+    assert not any(name.startswith(("test/", "site-packages/")) for s in splits.values() for name in s)
+
+
 def wikitext_article(rng: torch.Generator, title: str) -> str:
     words = ["the", "cat", "sat", "on", "mat", "@-@", "1", "<unk>", "and", "dog"]
 

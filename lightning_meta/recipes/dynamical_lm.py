@@ -70,6 +70,7 @@ from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.document_data import DocumentBatch, DocumentDataModule
 from lightning_meta.utils import log_meta_progress
 
+SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
 INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
 
 
@@ -263,11 +264,17 @@ class DynamicalLanguageModel(L.LightningModule):
                 row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
                 row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
                 rows.append({**row, "bytes": int(sizes.sum()), "documents": len(held_out["test"]), **extra})
-        self._report(rows, curves, documents, segment, path)
+        self._report(rows, curves, documents, segment, data.inner_steps + 1, path)
         return rows
 
     def _report(
-        self, rows: list[dict[str, Any]], curves: dict[str, Tensor], documents: Tensor, segment: int, path: Path
+        self,
+        rows: list[dict[str, Any]],
+        curves: dict[str, Tensor],
+        documents: Tensor,
+        segment: int,
+        trained_segments: int,
+        path: Path,
     ) -> None:
         settings = {"dynamic": self.hparams["dynamic"], "segment": segment, "global_step": self.global_step}
         table = {**settings, "rows": rows, "documents_at_position": documents.tolist()}
@@ -284,16 +291,26 @@ class DynamicalLanguageModel(L.LightningModule):
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
         shown = documents >= min(2, int(documents.max()))  # positions that at least two documents reach
+        window = min(SMOOTHING, int(shown.sum()))
+
+        def smooth(curve: Tensor) -> Tensor:  # running mean over `window` segments
+            return F.avg_pool1d(curve[shown][None, None], window, stride=1)[0, 0]
+
         labels = {f"{k}/{u}": f"{INITS[k]}, {u}" for k in INITS for u in ("static", "sgd", "learned")}
-        absolute = {labels[name]: curve[shown] for name, curve in curves.items()}
+        absolute = {labels[name]: smooth(curve) for name, curve in curves.items()}
         gains = {
-            labels[name]: (curve - curves[name.split("/")[0] + "/static"])[shown]
+            labels[name]: smooth(curve - curves[name.split("/")[0] + "/static"])
             for name, curve in curves.items()
             if not name.endswith("static")
         }
-        positions = (torch.arange(len(documents)) + 1)[shown] * segment
+        ends = (torch.arange(len(documents)) + 1.0)[shown] * segment  # the byte each segment ends at
+        positions = F.avg_pool1d(ends[None, None], window, stride=1)[0, 0]
         panels = {"bits per byte (test documents)": absolute, "bits per byte minus static, same init": gains}
-        title = f"Reading the {rows[0]['documents']} test documents (positions that at least two reach)"
-        plot_position_curves(panels, positions, path, title)
+        title = (
+            f"Reading the {rows[0]['documents']} test documents: running mean over {window} segments of {segment} "
+            "bytes, positions that at least two documents reach"
+        )
+        horizon = ("trained horizon", trained_segments * segment)
+        plot_position_curves(panels, positions, path, title, mark=horizon)
         log_image(self.trainer.loggers, "test/bits_per_byte_by_position", path, self.global_step)
         rank_zero_info(f"DynamicalLanguageModel: table {path.with_suffix('.csv')}, figure {path}")
