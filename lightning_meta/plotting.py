@@ -1,5 +1,5 @@
-"""Figures (mean learning curves with a band of one standard deviation across tasks, returns of held-out games) and
-sending them to Lightning's loggers.
+"""Figures (mean learning curves with a band of one standard deviation across tasks, returns of held-out games,
+language-model losses against the position in the document) and sending them to Lightning's loggers.
 
 Examples:
     >>> import tempfile, torch
@@ -70,6 +70,34 @@ def plot_return_curves(curves: dict[str, dict[str, Tensor]], steps: Tensor, path
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
         axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_position_curves(
+    panels: dict[str, dict[str, Tensor]],
+    positions: Tensor,
+    path: Path,
+    title: str,
+    mark: tuple[str, float] | None = None,
+) -> Path:
+    """One panel per ``{ylabel: {label: values [points]}}`` against ``positions [points]`` (bytes read), e.g. bits per
+    byte against the position in the document; ``mark = (label, position)`` draws a dashed vertical line there."""
+    figure = Figure(figsize=(5.5 * len(panels), 4), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)
+    labels = dict.fromkeys(label for curves in panels.values() for label in curves)
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}  # one colour per label in every panel
+    for axis, (ylabel, curves) in zip(axes[0], panels.items()):
+        for label, values in curves.items():
+            axis.plot(positions, values, label=label, color=colors[label])
+        if mark is not None:
+            axis.axvline(mark[1], color="grey", linestyle="--", label=mark[0])
+        axis.set_xlabel("position in the document (bytes read)")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.suptitle(title, fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path

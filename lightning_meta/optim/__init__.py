@@ -3,6 +3,14 @@
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM, preprocess
 from lightning_meta.optim.training import LearnedOptimizerTraining
-from lightning_meta.optim.unroll import UnrollState, unroll
+from lightning_meta.optim.unroll import UnrollState, unroll, unroll_steps
 
-__all__ = ["CoordinatewiseLSTM", "LearnedOptimizer", "LearnedOptimizerTraining", "UnrollState", "preprocess", "unroll"]
+__all__ = [
+    "CoordinatewiseLSTM",
+    "LearnedOptimizer",
+    "LearnedOptimizerTraining",
+    "UnrollState",
+    "preprocess",
+    "unroll",
+    "unroll_steps",
+]

@@ -3,6 +3,8 @@
 from lightning_meta.tasks.atari import AtariGames
 from lightning_meta.tasks.atari_data import AtariDataModule
 from lightning_meta.tasks.datamodule import StreamDataModule, TaskDataModule
+from lightning_meta.tasks.document_data import DocumentBatch, DocumentDataModule
+from lightning_meta.tasks.documents import TextDocuments
 from lightning_meta.tasks.episodes import EpisodeBatch, EpisodeDataModule
 from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
@@ -14,6 +16,8 @@ from lightning_meta.tasks.vision import VisionDatasets
 __all__ = [
     "AtariDataModule",
     "AtariGames",
+    "DocumentBatch",
+    "DocumentDataModule",
     "EpisodeBatch",
     "EpisodeDataModule",
     "GlyphAlphabets",
@@ -25,5 +29,6 @@ __all__ = [
     "TaskBatch",
     "TaskDataModule",
     "TaskFamily",
+    "TextDocuments",
     "VisionDatasets",
 ]

@@ -110,6 +110,18 @@ class StreamDataModule(L.LightningDataModule):
         trainer = self.trainer
         return 1 if trainer is None else trainer.accumulate_grad_batches
 
+    def _consumed_batches(self) -> int:
+        """Batches the run has consumed. A module that takes several optimizer steps per batch (e.g. truncated
+        back-propagation) says how many (:class:`~lightning_meta.protocols.StepsPerBatch`)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        module = trainer.lightning_module
+        steps_per_batch = 1
+        if implements(module, StepsPerBatch, "the task stream"):
+            steps_per_batch = module.optimizer_steps_per_batch
+        return trainer.global_step // steps_per_batch * self._accumulation()
+
 
 class TaskDataModule(StreamDataModule):
     """Streams the meta-training tasks of a :class:`~lightning_meta.tasks.TaskFamily`, one task at a time.
@@ -177,18 +189,6 @@ class TaskDataModule(StreamDataModule):
     def tasks(self, split: Split) -> list[Task]:
         """The family's tasks of a split (meta-evaluation callbacks use ``"val"`` and ``"test"``)."""
         return self.family.tasks(split)
-
-    def _consumed_batches(self) -> int:
-        """Batches the run has consumed. A module that takes several optimizer steps per batch (e.g. truncated
-        back-propagation) says how many (:class:`~lightning_meta.protocols.StepsPerBatch`)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        module = trainer.lightning_module
-        steps_per_batch = 1
-        if implements(module, StepsPerBatch, "the task stream"):
-            steps_per_batch = module.optimizer_steps_per_batch
-        return trainer.global_step // steps_per_batch * trainer.accumulate_grad_batches
 
     def batch_sampler(self) -> TaskBatchSampler:
         """The sampler of the training stream; ``task_index(n)`` says which task the n-th task of the stream is."""
