@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -123,13 +124,27 @@ class TaskStreamDataset(Dataset):
         return sum(dataset_length(task.train) for task in self.tasks)
 
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, int, SampleKey, str]:
-        task = self.tasks[key.task_index]
-        inputs, target = task.train[key.sample]
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key.seed)
-                inputs = self.transform(inputs)
-        return inputs, target, key, task.name
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[SampleKey]) -> list[tuple[Tensor, int, SampleKey, str]]:
+        """The samples of a batch (the DataLoader asks for a whole batch at once): fetched task by task in one call
+        where the task's data set can (``__getitems__``, e.g. :class:`~lightning_meta.tasks.ImageTensorDataset`),
+        then augmented one by one."""
+        samples = []
+        for index, group in itertools.groupby(keys, key=lambda key: key.task_index):
+            task, chosen = self.tasks[index], list(group)
+            fetch = getattr(task.train, "__getitems__", None)
+            fetched = fetch([key.sample for key in chosen]) if fetch else [task.train[k.sample] for k in chosen]
+            for key, (inputs, target) in zip(chosen, fetched):
+                samples.append((self._augment(inputs, key.seed), target, key, task.name))
+        return samples
+
+    def _augment(self, inputs: Tensor, seed: int) -> Tensor:
+        if self.transform is None:
+            return inputs
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(inputs)
 
 
 def collate_task_batch(samples: list[tuple[Tensor, int, SampleKey, str]]) -> TaskBatch:
