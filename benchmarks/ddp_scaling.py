@@ -56,7 +56,6 @@ from lightning_meta.recipes import ConvClassifier  # noqa: E402
 from lightning_meta.tasks import GlyphAlphabets, TaskDataModule  # noqa: E402
 from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
 
-
 COLLECTIVES = ("all_reduce", "broadcast", "barrier")
 
 
@@ -176,8 +175,8 @@ def main() -> None:
 def table(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -> list[str]:
     """Rank 0's rate; per meta-step: wall time, CPU time and time in each collective, means over the processes."""
     base = runs[args.devices[0]][0]["meta_steps_per_second"]
-    lines = ["| processes | meta-steps / s | speed-up | wall s / meta-step | CPU s / meta-step / process | CPU s / task "
-             "| all-reduce ms / meta-step | broadcast ms / meta-step | start-up s |", "|" + "---:|" * 9]
+    lines = ["| processes | meta-steps / s | speed-up | wall s / meta-step | CPU s / meta-step / process | CPU s / "
+             "task | all-reduce ms / meta-step | broadcast ms / meta-step | start-up s |", "|" + "---:|" * 9]
     for devices, ranks in runs.items():
         rate = ranks[0]["meta_steps_per_second"]
         cpu = sum(r["cpu_seconds_per_meta_step"] for r in ranks) / len(ranks)

@@ -6,15 +6,20 @@ What it measures
 The Leap paper's Omniglot net (:class:`~lightning_meta.recipes.ConvClassifier`: 4 x [conv 3x3, max-pool, BatchNorm,
 ReLU] + linear, 20 classes, 28x28 grey input) at each of ``--channels``, batch ``--batch-size``, inner SGD, Leap
 (``p=1``, loss term, stabilizer). For each T of ``--tasks`` one meta-batch of T tasks of ``--inner-steps`` steps
-each is trained in a plain PyTorch loop (the engine's third front door, no Lightning), two ways:
+each is trained two ways, ``sequential`` (one task after the other, a fresh SGD per task) and ``batched`` (all T
+tasks together, one SGD over the stacked parameters), through one of two doors (``--door``):
 
-- ``sequential``: :class:`~lightning_meta.engine.MetaLearner`, one task after the other, a fresh SGD per task;
-- ``batched``: :class:`~lightning_meta.engine.TaskBatchedLearner`, all T tasks together, one SGD over the stacked
-  parameters.
+- ``plain``: a plain PyTorch loop (the engine's third front door, no Lightning) with
+  :class:`~lightning_meta.engine.MetaLearner` or :class:`~lightning_meta.engine.TaskBatchedLearner`. The data are
+  random tensors already on the device (a pool of 4 batches per task, cycled), so that the loop, not data loading,
+  is timed.
+- ``trainer``: ``Trainer.fit`` with ``Leap`` and a :class:`~lightning_meta.tasks.TaskDataModule` of in-memory random
+  images (``task_batch=T`` for ``batched``): what a user runs, with Lightning's loop and the task stream (loaded in
+  the main process, moved to the device each step). Each fit trains 2 meta-batches; the second one is timed, from
+  the start of its first step to the end of its last.
 
 Both include everything of a meta-batch: task starts, every step (forward, backward, Leap's update, SGD), the loss
-at theta_K of each task, the meta-step. The data are random tensors already on the device (a pool of 4 batches per
-task, cycled), so that the loop, not data loading, is timed.
+at theta_K of each task, the meta-step.
 
 1. Rate: task-steps per second, T x inner-steps / the time of the meta-batch (wall time; on CPU also process CPU
    time; CUDA is synchronised before each clock reading). Every configuration runs once untimed, then ``--repeats``
@@ -23,15 +28,18 @@ task, cycled), so that the loop, not data loading, is timed.
    With ``--device cuda`` the GPU's utilisation is sampled every 50 ms during the timed runs (``torch.cuda.
    utilization()``, else ``nvidia-smi``) and its mean is reported.
 2. Peak memory: the peak of live tensor bytes above the resting state (model, theta_0 and data in place) during one
-   extra meta-batch: on CPU with :class:`memory_tracking.LiveTensorBytes` (exact at operator granularity, verified
-   first), on CUDA with ``torch.cuda.max_memory_allocated``.
+   extra meta-batch (``--door trainer``: during one extra fit, above the state before it): on CPU with
+   :class:`memory_tracking.LiveTensorBytes` (exact at operator granularity, verified first), on CUDA with
+   ``torch.cuda.max_memory_allocated``.
 
 Run it
 ------
 From the repository root; use ``--threads 1`` on a shared CPU, and run it on a quiet machine::
 
     python benchmarks/throughput.py --threads 1 --repeats 5 --json throughput-cpu.json
+    python benchmarks/throughput.py --threads 1 --repeats 3 --door trainer --json throughput-cpu-trainer.json
     python benchmarks/throughput.py --device cuda --repeats 5 --inner-steps 20 --json throughput-cuda.json
+    python benchmarks/throughput.py --device cuda --repeats 5 --inner-steps 20 --door trainer
 
 A small check that it works (seconds): ``python benchmarks/throughput.py --tasks 1 2 --channels 8 --inner-steps 2
 --repeats 1``.
@@ -55,15 +63,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
+from memory_tracking import LiveTensorBytes, RandomImageFamily, verify_tracker  # noqa: E402
 
+from lightning_meta import Leap  # noqa: E402
 from lightning_meta.engine import LeapRule, MetaLearner, TaskBatchedLearner  # noqa: E402
 from lightning_meta.recipes import ConvClassifier  # noqa: E402
+from lightning_meta.tasks import TaskDataModule  # noqa: E402
 
 PATHS = ("sequential", "batched")
 POOL = 4  # batches per task, cycled
@@ -116,7 +127,8 @@ def batched(model: ConvClassifier, meta: TaskBatchedLearner, data: tuple[torch.T
 
 
 class Workload:
-    """A model, its learner and its data for one (channels, T, path); ``run()`` trains one meta-batch."""
+    """A model, its learner and its data for one (channels, T, path) in a plain loop; ``run()`` trains one
+    meta-batch and returns its (wall, process CPU) seconds."""
 
     def __init__(self, channels: int, tasks: int, path: str, args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
@@ -127,10 +139,61 @@ class Workload:
             self.meta = TaskBatchedLearner(self.model, LeapRule(), tasks=tasks, meta_lr=0.1)
         self.data = make_data(tasks, args)
         self.loop: Callable[..., None] = sequential if path == "sequential" else batched  # type: ignore[assignment]
-        self.steps, self.lr = args.inner_steps, args.lr
+        self.steps, self.lr, self.cuda = args.inner_steps, args.lr, args.device == "cuda"
 
-    def run(self) -> None:
+    def run(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
         self.loop(self.model, self.meta, self.data, self.steps, self.lr)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class WindowClock(L.Callback):
+    """Wall and CPU stamps at the start of optimizer step ``first`` and at the end of the last step of the fit."""
+
+    def __init__(self, first: int, cuda: bool) -> None:
+        self.first, self.cuda = first, cuda
+        self.start: tuple[float, float] = (0.0, 0.0)
+        self.end: tuple[float, float] = (0.0, 0.0)
+
+    def _stamp(self) -> tuple[float, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.first:
+            self.start = self._stamp()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == trainer.max_steps:
+            self.end = self._stamp()
+
+
+class TrainerWorkload:
+    """The same meta-batch through ``Trainer.fit`` with ``Leap``: each ``run()`` fits a fresh model for 2
+    meta-batches and returns the (wall, process CPU) seconds of the second."""
+
+    def __init__(self, channels: int, tasks: int, path: str, args: argparse.Namespace) -> None:
+        self.channels, self.tasks, self.args = channels, tasks, args
+        self.task_batch = tasks if path == "batched" else None
+        self.family = RandomImageFamily(num_tasks=2 * tasks, per_class=args.batch_size, seed=args.seed)
+        self.steps_per_meta_batch = args.inner_steps * (1 if self.task_batch else tasks)
+
+    def run(self) -> tuple[float, float]:
+        args = self.args
+        torch.manual_seed(args.seed)
+        model = ConvClassifier(num_classes=20, channels=self.channels, lr=args.lr)
+        data = TaskDataModule(self.family, inner_steps=args.inner_steps, meta_batch_size=self.tasks,
+                              task_batch=self.task_batch, batch_size=args.batch_size, seed=args.seed)
+        clock = WindowClock(self.steps_per_meta_batch, args.device == "cuda")
+        trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                            max_steps=2 * self.steps_per_meta_batch, callbacks=[Leap(meta_lr=0.1), clock],
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(model, datamodule=data)
+        return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 
 # ----------------------------------------------------------------------------------------------- measurements
@@ -180,18 +243,15 @@ class Utilisation:
         return statistics.fmean(self.samples) if self.samples else None
 
 
-def timed(work: Workload, cuda: bool, utilisation: Utilisation | None) -> tuple[float, float, float | None]:
+def timed(work: Workload | TrainerWorkload, cuda: bool,
+          utilisation: Utilisation | None) -> tuple[float, float, float | None]:
     """(wall seconds, process CPU seconds, mean GPU utilisation) of one meta-batch."""
     if cuda:
         torch.cuda.synchronize()
     if utilisation is not None:
         utilisation.samples = []
     with utilisation.active() if utilisation is not None else _nothing():
-        wall, cpu = time.perf_counter(), time.process_time()
-        work.run()
-        if cuda:
-            torch.cuda.synchronize()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = work.run()
     return wall, cpu, utilisation.mean if utilisation is not None else None
 
 
@@ -200,8 +260,9 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def peak_memory(work: Workload, cuda: bool) -> int:
-    """Peak live tensor bytes above the resting state during one meta-batch."""
+def peak_memory(work: Workload | TrainerWorkload, cuda: bool) -> int:
+    """Peak live tensor bytes above the resting state during one ``run()`` (plain: one meta-batch; trainer: the
+    whole fit, data module included)."""
     if cuda:
         torch.cuda.synchronize()
         rest = torch.cuda.memory_allocated()
@@ -219,7 +280,8 @@ def peak_memory(work: Workload, cuda: bool) -> int:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     cuda = args.device == "cuda"
     configs = [(c, t) for c in args.channels for t in args.tasks]
-    works = {(c, t, p): Workload(c, t, p, args) for c, t in configs for p in PATHS}
+    kind = Workload if args.door == "plain" else TrainerWorkload
+    works = {(c, t, p): kind(c, t, p, args) for c, t in configs for p in PATHS}
     utilisation = Utilisation() if cuda else None
     for work in works.values():  # untimed: warm-up (allocator, kernels' first calls)
         work.run()
@@ -308,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (interleaved)")
     parser.add_argument("--lr", type=float, default=0.1, help="inner SGD learning rate")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--door", choices=["plain", "trainer"], default="plain",
+                        help="a plain PyTorch loop on device-resident data, or Trainer.fit with the task stream")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--seed", type=int, default=0)
@@ -334,8 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     print()
     print(f"ConvClassifier (20 classes, 28x28), batch {args.batch_size}, {args.inner_steps} inner SGD steps per task, "
-          f"Leap p=1; {args.device} ({info['device']}), {info['cpu_count']} CPUs, {info['torch_threads']} torch "
-          f"threads, torch {info['torch']}; median [min-max] of {args.repeats} interleaved rounds")
+          f"Leap p=1, {args.door} door; {args.device} ({info['device']}), {info['cpu_count']} CPUs, "
+          f"{info['torch_threads']} torch threads, torch {info['torch']}; median [min-max] of {args.repeats} "
+          "interleaved rounds")
     print(f"`{command}`")
     report = {"command": command, "machine": info, "args": {k: str(v) if isinstance(v, Path) else v
                                                            for k, v in vars(args).items()},

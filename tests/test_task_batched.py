@@ -266,6 +266,16 @@ def test_a_sequential_run_resumes_task_batched_at_a_meta_step_boundary(tmp_path)
     torch.testing.assert_close(flat(resumed.parameters()), flat(straight.parameters()), **CLOSE)
 
 
+def test_bf16_mixed_precision_trains_tasks_together():
+    torch.manual_seed(0)
+    model = TinyClassifier(batch_norm=True)
+    theta_0 = flat(model.parameters())
+    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, meta_batch_size=META_BATCH, task_batch=T)
+    make_trainer([Leap(meta_lr=0.5)], max_steps=META_BATCH * K // T, precision="bf16-mixed").fit(model, datamodule=data)
+    moved = flat(model.parameters()) - theta_0
+    assert torch.isfinite(moved).all() and moved.norm() > 0
+
+
 class Item(TinyClassifier):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
