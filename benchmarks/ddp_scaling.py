@@ -12,13 +12,22 @@ meta-step ``--warmup`` to the last one, so start-up, data building and the first
 number of processes); with ``--parallel data`` every process trains each task on a shard of every batch.
 
 Each process uses ``--threads`` torch threads (default: the machine's cores divided by the processes), so that
-runs with more processes do not oversubscribe the cores.
+runs with more processes do not oversubscribe the cores. That default compares 1 process of N threads with N
+processes of 1 thread, which mixes thread scaling with process scaling. ``--fixed-threads`` compares like for like:
+every process has 1 torch thread (and ``OMP_NUM_THREADS=1``), so N processes on N free cores should give N x the
+meta-steps per second of 1 process. To say where the rest goes, every process also records, over the timed
+meta-steps: its process CPU time per meta-step (more than the 1-process run's per task: the processes slow each
+other down, e.g. through shared caches or other load), the wall time inside ``torch.distributed`` collectives (each
+includes waiting for the slowest process): Leap's all-reduce, one per meta-step, and Lightning's broadcast of a
+SIGTERM flag from rank 0, which Lightning 2.x makes at every training step under DDP and which runs the processes in
+lock step; and the start-up (process start to the end of the first meta-step, not in the rate).
 
 Run it
 ------
 From the repository root (about 5 minutes on a 2-core CPU)::
 
     python benchmarks/ddp_scaling.py --devices 1 2 --meta-steps 6
+    python benchmarks/ddp_scaling.py --fixed-threads --devices 1 2 --meta-steps 12 --warmup 2
     python benchmarks/ddp_scaling.py --accelerator gpu --devices 1 2 4 8 --channels 64 --inner-steps 100 --meta-batch-size 16
 """
 
@@ -33,7 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -45,22 +56,45 @@ from lightning_meta.recipes import ConvClassifier  # noqa: E402
 from lightning_meta.tasks import GlyphAlphabets, TaskDataModule  # noqa: E402
 from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
 
+COLLECTIVES = ("all_reduce", "broadcast", "barrier")
+
 
 class MetaStepClock(L.Callback):
-    """Wall time at the end of every meta-step (after the Leap callback, which comes first in the list)."""
+    """Wall and process CPU time at the end of every meta-step (after the Leap callback, which comes first in the
+    list), and the wall time spent in ``torch.distributed`` collectives: Leap's all-reduce (one per meta-step) and
+    Lightning's own (Lightning 2.x broadcasts a SIGTERM flag from rank 0 at every training step under DDP)."""
 
     def __init__(self, leap: Leap) -> None:
         self.leap = leap
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.in_collectives: list[dict[str, float]] = []  # cumulative, read at the end of each meta-step
+        self._seconds = dict.fromkeys(COLLECTIVES, 0.0)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        for name in COLLECTIVES:  # this benchmark's probe only: time each call, including the wait for the others
+            collective: Callable[..., Any] = getattr(torch.distributed, name)
+
+            def timed(*args: Any, _name: str = name, _call: Callable[..., Any] = collective, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _call(*args, **kwargs)
+                finally:
+                    self._seconds[_name] += time.perf_counter() - start
+
+            setattr(torch.distributed, name, timed)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.leap.meta_steps > len(self.times):
             if trainer.strategy.root_device.type == "cuda":
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
+            self.cpu_times.append(time.process_time())
+            self.in_collectives.append(dict(self._seconds))
 
 
 def worker(args: argparse.Namespace) -> None:
+    started = time.perf_counter() - args.launched_ago()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = TaskDataModule(
@@ -77,10 +111,18 @@ def worker(args: argparse.Namespace) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(ConvClassifier(num_classes=20, channels=args.channels), datamodule=data)
-    if trainer.is_global_zero:
-        times = clock.times[args.warmup - 1 :]
-        rate = (len(times) - 1) / (times[-1] - times[0])
-        Path(args.result).write_text(json.dumps({"meta_steps_per_second": rate, "meta_steps": len(clock.times)}))
+    first, timed = args.warmup - 1, len(clock.times) - args.warmup
+    result = {
+        "meta_steps": len(clock.times),
+        "meta_steps_per_second": timed / (clock.times[-1] - clock.times[first]),
+        "cpu_seconds_per_meta_step": (clock.cpu_times[-1] - clock.cpu_times[first]) / timed,
+        "collective_seconds_per_meta_step": {
+            name: (clock.in_collectives[-1][name] - clock.in_collectives[first][name]) / timed for name in COLLECTIVES
+        },
+        "start_up_seconds": clock.times[0] - started,
+        "tasks_per_process": per_process,
+    }
+    Path(f"{args.result}.rank{trainer.global_rank}").write_text(json.dumps(result))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,11 +137,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--meta-steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1, help="meta-steps not timed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--fixed-threads", action="store_true",
+                        help="like for like: 1 torch thread in every process, whatever the number of processes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.meta_steps < args.warmup + 2:
         parser.error("need --warmup >= 1 and --meta-steps >= --warmup + 2")
+    if args.fixed_threads and args.threads not in (None, 1):
+        parser.error("--fixed-threads is 1 thread per process: leave --threads out")
+    launch = float(os.environ.get("DDP_SCALING_LAUNCHED", time.time()))
+    args.launched_ago = lambda: time.time() - launch
     return args
 
 
@@ -109,28 +157,44 @@ def main() -> None:
         args.devices = args.devices[0]
         worker(args)
         return
-    rates = {}
+    runs: dict[int, list[dict[str, Any]]] = {}
     for devices in args.devices:
-        threads = args.threads or max(1, (os.cpu_count() or 1) // devices)
+        threads = 1 if args.fixed_threads else args.threads or max(1, (os.cpu_count() or 1) // devices)
         with tempfile.TemporaryDirectory() as folder:
             result = Path(folder) / "result.json"
             command = [sys.executable, __file__, "--worker", "--result", str(result), "--devices", str(devices),
-                       "--threads", str(threads), *without(sys.argv[1:], "--devices", "--threads")]
-            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            rates[devices] = json.loads(result.read_text())["meta_steps_per_second"]
-        print(f"{devices} process(es): {rates[devices]:.3f} meta-steps/s", file=sys.stderr, flush=True)
-    base = rates[args.devices[0]]
-    lines = ["| processes | meta-steps / s | speed-up |", "|---:|---:|---:|"]
-    lines += [f"| {d * args.num_nodes} | {r:.3f} | {r / base:.2f} x |" for d, r in rates.items()]
-    lines += [
+                       "--threads", str(threads), *without(sys.argv[1:], "--devices", "--threads", "--fixed-threads")]
+            environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "DDP_SCALING_LAUNCHED": str(time.time())}
+            subprocess.run(command, check=True, env=environment)
+            runs[devices] = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("result.json.rank*"))]
+        print(f"{devices} process(es): {runs[devices][0]['meta_steps_per_second']:.3f} meta-steps/s",
+              file=sys.stderr, flush=True)
+    print("\n".join(table(args, runs)))
+
+
+def table(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """Rank 0's rate; per meta-step: wall time, CPU time and time in each collective, means over the processes."""
+    base = runs[args.devices[0]][0]["meta_steps_per_second"]
+    lines = ["| processes | meta-steps / s | speed-up | wall s / meta-step | CPU s / meta-step / process | CPU s / "
+             "task | all-reduce ms / meta-step | broadcast ms / meta-step | start-up s |", "|" + "---:|" * 9]
+    for devices, ranks in runs.items():
+        rate = ranks[0]["meta_steps_per_second"]
+        cpu = sum(r["cpu_seconds_per_meta_step"] for r in ranks) / len(ranks)
+        waits = {n: sum(r["collective_seconds_per_meta_step"][n] for r in ranks) / len(ranks) for n in COLLECTIVES}
+        start = max(r["start_up_seconds"] for r in ranks)
+        lines.append(f"| {devices * args.num_nodes} | {rate:.3f} | {rate / base:.2f} x | {1 / rate:.3f} | {cpu:.3f} | "
+                     f"{cpu / ranks[0]['tasks_per_process']:.3f} | {waits['all_reduce'] * 1e3:.1f} | "
+                     f"{waits['broadcast'] * 1e3:.1f} | {start:.1f} |")
+    threads = "1 torch thread per process" if args.fixed_threads else (
+        f"{args.threads} torch threads per process" if args.threads else "the cores divided among the processes")
+    return lines + [
         "",
-        f"Leap ({'task' if args.parallel == 'tasks' else 'data'}-parallel), ConvClassifier({args.channels} channels), {args.inner_steps} inner steps, "
-        f"meta-batch {args.meta_batch_size}, batch 20, {args.meta_steps} meta-steps ({args.warmup} untimed); "
-        f"{args.accelerator}, {os.cpu_count()} cores, torch {torch.__version__}, lightning {L.__version__}, "
-        f"Python {platform.python_version()}",
+        f"Leap ({'task' if args.parallel == 'tasks' else 'data'}-parallel), ConvClassifier({args.channels} channels), "
+        f"{args.inner_steps} inner steps, meta-batch {args.meta_batch_size}, batch 20, {args.meta_steps} meta-steps "
+        f"({args.warmup} untimed); {threads}; {args.accelerator}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"lightning {L.__version__}, Python {platform.python_version()}",
         f"`python benchmarks/ddp_scaling.py {shlex.join(sys.argv[1:])}`",
     ]
-    print("\n".join(lines))
 
 
 def without(words: list[str], *flags: str) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from torch import Tensor
+
+if TYPE_CHECKING:  # the engine imports this module and no Lightning
+    import lightning as L
 
 ParamFilter = Callable[[str, Tensor], bool]
 
@@ -32,13 +34,19 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
 
 
 @contextmanager
-def muted_logging(pl_module: L.LightningModule) -> Iterator[None]:
-    """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``."""
-    pl_module.log = pl_module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign, assignment]
+def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[None]:
+    """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``, or send them
+    to ``into``'s ``log`` / ``log_dict`` methods (to collect what is logged). Nests: on exit the previous ones are back.
+    """
+    previous = {name: vars(pl_module)[name] for name in ("log", "log_dict") if name in vars(pl_module)}
+    pl_module.log = getattr(into, "log", lambda *args, **kwargs: None)  # type: ignore[method-assign]
+    pl_module.log_dict = getattr(into, "log_dict", lambda *args, **kwargs: None)  # type: ignore[method-assign]
     try:
         yield
     finally:
         del pl_module.log, pl_module.log_dict
+        for name, method in previous.items():
+            setattr(pl_module, name, method)
 
 
 def log_meta_progress(pl_module: L.LightningModule, task: int, meta_step: int) -> None:

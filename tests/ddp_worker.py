@@ -5,6 +5,7 @@ CPU). Rank 0 writes ``result.pt``: the meta-learned init as a flat float64 vecto
 process (gathered) and what the callbacks counted. The spec is a JSON object:
 
     method: "leap" | "reptile" | "maml"; parallel: "tasks" | "data"; devices; meta_batch_size; inner_steps;
+    task_batch (tasks trained together, or null);
     meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
     end, and every ``evaluate_every`` meta-steps; with the initial weights' curves if ``baseline``); checkpoint_every
     (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
@@ -75,11 +76,14 @@ def main(spec: dict) -> None:
         max_steps = spec["meta_steps"]
     else:
         model = NaNOnTask(nan_task=spec.get("nan_task"))
-        data = TaskDataModule(family, **size)
+        task_batch = spec.get("task_batch")
+        data = TaskDataModule(family, task_batch=task_batch, **size)
         rule = Leap if spec["method"] == "leap" else Reptile
         callbacks.append(rule(meta_lr=0.5, parallel=spec["parallel"]))
-        schedule = TaskSchedule(spec["inner_steps"], spec["meta_batch_size"], spec["devices"], 0, spec["parallel"])
-        max_steps = spec["meta_steps"] * spec["inner_steps"] * schedule.tasks_per_process
+        schedule = TaskSchedule(
+            spec["inner_steps"], spec["meta_batch_size"], spec["devices"], 0, spec["parallel"], task_batch=task_batch
+        )
+        max_steps = spec["meta_steps"] * spec["inner_steps"] * schedule.tasks_per_process // schedule.tasks_per_step
     if spec.get("evaluate"):
         every = spec.get("evaluate_every", 0)
         baseline = spec.get("baseline", False)

@@ -84,3 +84,12 @@ def test_task_batch_unpacks_and_survives_device_transfer():
     assert x is batch.inputs and y is batch[1] and len(batch) == 2
     moved = move_data_to_device(batch, torch.device("cpu"))
     assert isinstance(moved, TaskBatch) and moved.task == 1 and torch.equal(moved.inputs, x)
+
+
+def test_a_batch_is_fetched_at_once_with_the_samples_one_by_one_would_give():
+    task = ToyFamily().tasks("train")[0]
+    indices = [5, 0, 5, 17]
+    batch = task.train.__getitems__(indices)
+    for (x, y), i in zip(batch, indices):
+        assert torch.equal(x, task.train.images[i].float() / 255) and y == int(task.train.labels[i])
+    assert stream(augment=True)[0].inputs.shape == (5, 1, 4, 4)  # augmentation still applies sample by sample

@@ -56,6 +56,13 @@ def test_task_parallel_two_processes_equal_one_process_on_the_same_tasks(method,
     assert_same_init(two, one)
 
 
+def test_two_processes_training_their_tasks_together_equal_one_process_one_task_at_a_time(tmp_path):
+    two = run(tmp_path, "two", method="leap", devices=2, task_batch=2)
+    one = run(tmp_path, "one", method="leap", devices=1)
+    assert two["global_step"] == 2 * 3 and one["global_step"] == 2 * 3 * 4  # each process: one group of 2 tasks
+    assert_same_init(two, one)
+
+
 def test_data_parallel_leap_shards_batches_and_equals_one_process(tmp_path):
     two = run(tmp_path, "two", method="leap", parallel="data", devices=2, meta_batch_size=2)
     one = run(tmp_path, "one", method="leap", parallel="data", devices=1, meta_batch_size=2)

@@ -20,7 +20,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import asdict
@@ -36,12 +36,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_meta.engine import MetaLearner, TrajectoryRule
+from lightning_meta.callbacks.task_batched import TaskBatchedTraining
+from lightning_meta.engine import MetaLearner, TaskBatchedLearner, TrajectoryRule
 from lightning_meta.engine.learner import Buffers, select_parameters
 from lightning_meta.engine.meta_state import optimizer_class
 from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
-from lightning_meta.tasks.stream import TaskBatch
+from lightning_meta.tasks.stream import batch_tasks
 from lightning_meta.utils import ParamFilter, log_meta_progress, muted_logging, training_loss
 
 FINAL_CHECKPOINT = "final.ckpt"
@@ -49,15 +50,15 @@ FINAL_CHECKPOINT = "final.ckpt"
 
 
 @contextmanager
-def side_effect_free(pl_module: L.LightningModule) -> Iterator[None]:
-    """Run ``training_step`` again without logging and without touching buffers (BatchNorm statistics)."""
-    buffers = [(b, b.detach().clone()) for b in pl_module.buffers()]
+def side_effect_free(pl_module: L.LightningModule, buffers: Iterable[Tensor]) -> Iterator[None]:
+    """Run ``training_step`` again without logging and without touching ``buffers`` (BatchNorm statistics)."""
+    saved = [(b, b.detach().clone()) for b in buffers]
     try:
         with muted_logging(pl_module):
             yield
     finally:
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
+        for buffer, value in saved:
+            buffer.copy_(value)
 
 
 class MetaInit(L.Callback):
@@ -75,7 +76,8 @@ class MetaInit(L.Callback):
             ``None`` reads it from the data module, which owns the task schedule. Both given and different is an
             error at ``setup``.
         meta_batch_size: tasks averaged into one meta-step, over all processes; ``None`` reads it from the data
-            module (1 when it has none either). Both given and different is an error at ``setup``.
+            module (``task_batch``, else 1, when it has none either). Both given and different is an error at
+            ``setup``.
         meta_lr: learning rate of the meta-optimizer.
         meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
         meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
@@ -97,6 +99,11 @@ class MetaInit(L.Callback):
         final_checkpoint: when fit ends, write ``final.ckpt`` (theta_0 as the weights, the whole meta-state) into
             the directory of the Trainer's ``ModelCheckpoint``, whatever its interval; nothing when checkpointing is
             off.
+        task_batch: train this many tasks at once in each optimizer step, vectorised over tasks
+            (:mod:`~lightning_meta.callbacks.task_batched`); ``None`` reads it from the data module (one task at a
+            time when it has none either). Both given and different is an error at ``setup``. A divisor of each
+            process's tasks per meta-step; ``max_steps`` then counts steps of T tasks each (divide the one-at-a-time
+            ``max_steps`` by T, as by the processes under task-parallel DDP).
     """
 
     def __init__(
@@ -112,8 +119,10 @@ class MetaInit(L.Callback):
         save_init_as_weights: bool = True,
         parallel: Parallel = "tasks",
         final_checkpoint: bool = True,
+        task_batch: int | None = None,
     ) -> None:
-        for name, value in {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size}.items():
+        sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "task_batch": task_batch}
+        for name, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if buffers not in ("reset", "keep"):
@@ -132,7 +141,9 @@ class MetaInit(L.Callback):
         self.save_init_as_weights = save_init_as_weights
         self.parallel: Parallel = parallel
         self.final_checkpoint = final_checkpoint
+        self.task_batch = task_batch
         self.learner: MetaLearner | None = None  # built in on_fit_start, where the module has its device
+        self._batched: TaskBatchedTraining | None = None  # with task_batch: the Trainer's loop over T tasks at once
         self.names: list[str] = []  # the meta-learned parameters, chosen in setup
         self.active_task = -1  # position in the task stream of the task being trained
         self._schedule: TaskSchedule | None = None  # used only without a StreamDataModule (else the data module's)
@@ -142,6 +153,7 @@ class MetaInit(L.Callback):
         self._step_loss: Tensor | None = None
         self._stepped = False
         self._resumed: dict[str, Any] | None = None  # the checkpoint's state, applied once the learner exists
+        self._regrouped = False  # resumed with another task_batch (at a meta-step boundary)
         self._suspended: list[Tensor] | None = None  # weights of a task cut short by the end of fit
 
     # ----------------------------------------------------------------- what the rest of the library reads
@@ -194,6 +206,13 @@ class MetaInit(L.Callback):
             schedule = self._make_schedule(trainer)
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
+        if schedule.task_batch is not None:
+            if schedule.parallel == "data" and schedule.world_size > 1:
+                raise MisconfigurationException(
+                    f"{name}: tasks trained together (task_batch={schedule.task_batch}) are each process's own: use "
+                    "parallel='tasks' under DDP, or leave task_batch unset."
+                )
+            TaskBatchedTraining.check_setup(trainer, schedule.task_batch, name)
         self._trainer = trainer
         datamodule = task_datamodule(trainer)
         if datamodule is not None:
@@ -205,7 +224,7 @@ class MetaInit(L.Callback):
         """The schedule from the data module's sizes, or this callback's where the data module leaves them open."""
         datamodule = task_datamodule(trainer)
         sizes: dict[str, int | None] = {}
-        for size in ("inner_steps", "meta_batch_size"):
+        for size in ("inner_steps", "meta_batch_size", "task_batch"):
             mine, theirs = getattr(self, size), getattr(datamodule, size, None)
             if mine is not None and theirs is not None and mine != theirs:
                 raise ValueError(
@@ -216,25 +235,38 @@ class MetaInit(L.Callback):
         if sizes["inner_steps"] is None:
             raise ValueError("needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule.")
         return TaskSchedule(
-            sizes["inner_steps"], sizes["meta_batch_size"] or 1, trainer.world_size, trainer.global_rank, self.parallel
+            sizes["inner_steps"],
+            sizes["meta_batch_size"] or sizes["task_batch"] or 1,
+            trainer.world_size,
+            trainer.global_rank,
+            self.parallel,
+            task_batch=sizes["task_batch"],
         )
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         schedule = self.schedule
         several = schedule.world_size > 1
-        self.learner = MetaLearner(
-            pl_module,
-            self.rule,
-            schedule.tasks_per_process,
-            self.meta_lr,
-            self.meta_optimizer,
-            self.meta_optimizer_kwargs,
-            self.include,
-            self.buffers,
-            self.parallel,
-            (lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")) if several else None,
+        arguments: dict[str, Any] = dict(
+            meta_batch_size=schedule.tasks_per_process,
+            meta_lr=self.meta_lr,
+            meta_optimizer=self.meta_optimizer,
+            meta_optimizer_kwargs=self.meta_optimizer_kwargs,
+            include=self.include,
+            buffers=self.buffers,
+            parallel=self.parallel,
+            all_reduce=(lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")) if several else None,
         )
+        if schedule.task_batch is None:
+            self.learner = MetaLearner(pl_module, self.rule, **arguments)
+        else:
+            try:
+                learner = TaskBatchedLearner(pl_module, self.rule, schedule.task_batch, **arguments)
+            except ValueError as error:
+                raise MisconfigurationException(f"{type(self).__name__}: {error}") from None
+            self.learner, self._batched = learner, TaskBatchedTraining(trainer, learner)
+            self._batched.check_optimizers(type(self).__name__)
+            self._batched.install()
         self._fresh_optimizer = [
             [{k: deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
             for o in trainer.optimizers
@@ -254,6 +286,9 @@ class MetaInit(L.Callback):
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._batched is not None:
+            self._batched.uninstall()
+            self._batched = None
         datamodule = task_datamodule(trainer)
         if datamodule is not None and stage == "fit":
             datamodule.schedule = None  # the data module may be reused without this callback
@@ -263,13 +298,16 @@ class MetaInit(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        task = self.schedule.task(trainer.global_step)
-        if isinstance(batch, TaskBatch) and batch.task != task:
+        tasks = self.schedule.tasks(trainer.global_step)
+        found = batch_tasks(batch)
+        if found is not None and found != tasks:
             raise RuntimeError(
-                f"The batch belongs to task {batch.task} of the stream but optimizer step {trainer.global_step} "
-                f"with inner_steps={self.schedule.inner_steps} is in task {task}: the data and the callback disagree "
-                "on where tasks end (check inner_steps and accumulate_grad_batches)."
+                f"The batch holds task(s) {found} of the stream but optimizer step {trainer.global_step} with "
+                f"inner_steps={self.schedule.inner_steps} and task_batch={self.schedule.task_batch} trains {tasks}: "
+                "the data and the callback disagree on where tasks end or how many train together (check inner_steps, "
+                "task_batch and accumulate_grad_batches)."
             )
+        task = tasks[0]
         if task != self.active_task:
             self._start_task(trainer, task)
             # once per task: a log call costs about as much as Leap's whole per-step update
@@ -290,7 +328,7 @@ class MetaInit(L.Callback):
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         """Sum the (already 1/accumulate-scaled) losses of the micro-batches of one optimizer step."""
-        if not self.rule.needs_loss:
+        if not self.rule.needs_loss or self._batched is not None:  # tasks trained together: their own losses
             return
         loss = loss.detach()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -302,6 +340,8 @@ class MetaInit(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         self._stepped = True
         loss, self._step_loss = self._step_loss, None
+        if self._batched is not None:
+            loss = self._batched.losses
         self._learner().update(loss)
 
     @override
@@ -315,13 +355,19 @@ class MetaInit(L.Callback):
             self._end_task(trainer, pl_module, batch, batch_idx)
 
     def _end_task(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        learner = self._learner()
         final_loss = None
         if self.rule.needs_final_loss:  # f(theta_K) on the task's last batch
-            with torch.no_grad(), trainer.precision_plugin.train_step_context(), side_effect_free(pl_module):
-                final_loss = training_loss(pl_module.training_step(batch, batch_idx))
-        meta_step = self._learner().end_task(final_loss, task=self.active_task)
-        for key, value in self.rule.metrics().items():
-            pl_module.log(f"{self.rule.name}/{key}", value, on_step=True, on_epoch=False)
+            buffers = learner.live_buffers.values()
+            with torch.no_grad(), trainer.precision_plugin.train_step_context(), side_effect_free(pl_module, buffers):
+                if self._batched is not None:
+                    final_loss = self._batched.task_losses(batch, batch_idx)
+                else:
+                    final_loss = training_loss(pl_module.training_step(batch, batch_idx))
+        ended = self.schedule.tasks(trainer.global_step - 1)  # the step that just ran
+        meta_step = learner.end_task(final_loss, task=ended if self._batched is not None else ended[0])
+        for key, value in self.rule.metrics().items():  # the mean over tasks trained together
+            pl_module.log(f"{self.rule.name}/{key}", value.mean(), on_step=True, on_epoch=False)
         if meta_step is not None:
             kept, tasks = meta_step
             pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
@@ -350,11 +396,10 @@ class MetaInit(L.Callback):
         if self.learner is None:
             return {}
         state = self.learner.state_dict()
-        module = self.learner.module
         return {
             **state,
             "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
-            "task_buffers": {n: b.detach().clone() for n, b in module.named_buffers()},
+            "task_buffers": {n: b.detach().clone() for n, b in self.learner.live_buffers.items()},
             "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
             "counters": {**state["counters"], "active_task": self.active_task},
         }
@@ -382,6 +427,7 @@ class MetaInit(L.Callback):
             resumed = schedule.resumed_from(saved, state["counters"]["tasks_in_batch"], checkpoint["global_step"])
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
+        self._regrouped = saved.tasks_per_step != schedule.tasks_per_step
         datamodule = task_datamodule(trainer)
         if datamodule is not None:
             datamodule.schedule = resumed
@@ -392,11 +438,13 @@ class MetaInit(L.Callback):
     @torch.no_grad()
     def _apply(self, state: dict[str, Any], pl_module: L.LightningModule) -> None:
         learner = self._learner()
-        learner.load_state_dict(state)
-        torch._foreach_copy_(learner.live, state["task_params"])
-        buffers = dict(pl_module.named_buffers())
-        for name, buffer in state["task_buffers"].items():
-            buffers[name].copy_(buffer)
+        # resumed with another task_batch, at a meta-step boundary: no task is running, and its shapes differ
+        learner.load_state_dict(state, trajectory=not self._regrouped)
+        if not self._regrouped:
+            torch._foreach_copy_(learner.live, state["task_params"])
+            buffers = learner.live_buffers
+            for name, buffer in state["task_buffers"].items():
+                buffers[name].copy_(buffer)
         self.active_task = state["counters"]["active_task"]
 
     @override

@@ -1,6 +1,8 @@
 """The meta-learning engine in plain PyTorch (no Lightning): meta-state, trajectory rules, and the learner that
-binds them to a module. Every front door (Lightning callbacks, Fabric, a plain loop) runs on it."""
+binds them to a module (:class:`TaskBatchedLearner`: several tasks at once, vectorised). Every front door (Lightning
+callbacks, Fabric, a plain loop) runs on it."""
 
+from lightning_meta.engine.batched import TaskBatchedLearner
 from lightning_meta.engine.leap import LeapRule
 from lightning_meta.engine.learner import MetaLearner
 from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum
@@ -13,6 +15,7 @@ __all__ = [
     "MetaLearner",
     "MetaState",
     "ReptileRule",
+    "TaskBatchedLearner",
     "TrajectoryRule",
     "distributed_sum",
 ]

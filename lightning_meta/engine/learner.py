@@ -32,7 +32,7 @@ Examples:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -103,7 +103,8 @@ class MetaLearner:
         self.module = module
         self.rule = rule
         self.names = [n for n, _ in selected]
-        self.live: list[Tensor] = [p for _, p in selected]
+        self.module_parameters: list[Tensor] = [p for _, p in selected]  # the module's meta-learned parameters
+        self.live: list[Tensor] = list(self.module_parameters)  # the tensors each task trains (here: the module's own)
         self.buffers = buffers
         self.parallel = parallel
         self.all_reduce = all_reduce
@@ -126,10 +127,15 @@ class MetaLearner:
     def meta_steps(self) -> int:
         return self.state.meta_steps
 
+    @property
+    def live_buffers(self) -> dict[str, Tensor]:
+        """The buffers the running task updates (here: the module's own, by name)."""
+        return dict(self.module.named_buffers())
+
     @torch.no_grad()
     def load_init(self) -> None:
         """Copy theta_0 and the buffers a task starts with into the module."""
-        torch._foreach_copy_(self.live, [p.detach() for p in self.theta_0])
+        torch._foreach_copy_(self.module_parameters, [p.detach() for p in self.theta_0])
         for name, buffer in self.module.named_buffers():
             if name in self.buffer_start:
                 buffer.copy_(self.buffer_start[name])
@@ -175,20 +181,32 @@ class MetaLearner:
         if callable(final_loss):
             final_loss = final_loss()
         meta_gradient = self.rule.end(self.live, self._global_loss(final_loss))
-        if self.state.add_task(meta_gradient):
-            if self.buffers == "keep":
-                self.buffer_start = {n: b.detach().clone() for n, b in self.module.named_buffers()}
-        else:
-            warnings.warn(
-                f"task {task} diverged (non-finite loss or parameters); it is dropped from the meta-batch and theta_0 "
-                "is not affected by it.",
-                stacklevel=2,
-            )
+        kept = self._add_tasks(meta_gradient)
+        for ok, label in zip(kept, self._task_labels(task)):
+            if not ok:
+                warnings.warn(
+                    f"task {label} diverged (non-finite loss or parameters); it is dropped from the meta-batch and "
+                    "theta_0 is not affected by it.",
+                    stacklevel=2,
+                )
+        if self.buffers == "keep" and any(kept):
+            last = max(i for i, ok in enumerate(kept) if ok)
+            self.buffer_start = self._task_buffers(last)
         return self.state.step() if self.state.batch_complete else None
+
+    # the three places where one task and tasks stacked on a leading dimension differ
+    def _add_tasks(self, meta_gradient: Sequence[Tensor]) -> list[bool]:
+        return [self.state.add_task(meta_gradient)]
+
+    def _task_labels(self, task: object) -> list[object]:
+        return [task]
+
+    def _task_buffers(self, index: int) -> dict[str, Tensor]:
+        return {n: b.detach().clone() for n, b in self.module.named_buffers()}
 
     def init_state_dict(self) -> dict[str, Tensor]:
         """The module's ``state_dict`` with theta_0 and the buffers a task starts with in place of the live ones."""
-        init_of = {id(live): init for live, init in zip(self.live, self.theta_0)}
+        init_of = {id(p): init for p, init in zip(self.module_parameters, self.theta_0)}
         state = {}
         for name, tensor in self.module.state_dict(keep_vars=True).items():
             start = init_of.get(id(tensor), self.buffer_start.get(name, tensor))
@@ -202,9 +220,10 @@ class MetaLearner:
         return {**state, "names": self.names, "buffer_start": self.buffer_start, "rule": self.rule.state_dict()}
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], trajectory: bool = True) -> None:
         """Inverse of :meth:`state_dict` on a learner of the same module and ``include``; the rule resumes the
-        trajectory of the task that was running."""
+        trajectory of the task that was running (``trajectory=False``: not, for a state saved between meta-steps by
+        a learner that trained another number of tasks at once)."""
         if state["names"] != self.names:
             raise ValueError(
                 f"the saved state meta-learns {len(state['names'])} tensors that differ from the {len(self.names)} "
@@ -213,5 +232,6 @@ class MetaLearner:
         self.state.load_state_dict(state)
         device = self.theta_0[0].device
         self.buffer_start = {n: b.to(device) for n, b in state["buffer_start"].items()}
-        self.rule.start(self.theta_0, self.live)
-        self.rule.load_state_dict(state["rule"])
+        if trajectory:
+            self.rule.start(self.theta_0, self.live)
+            self.rule.load_state_dict(state["rule"])

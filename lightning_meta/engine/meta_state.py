@@ -1,7 +1,8 @@
 """``MetaState``: theta_0, its meta-optimizer and the meta-batch being gathered, shared by every front door.
 
 Tasks hand in their meta-gradients with :meth:`MetaState.add_task`; one that is not finite (a task that diverged)
-is dropped and never touches theta_0. After ``meta_batch_size`` tasks :meth:`MetaState.step` averages the kept ones
+is dropped and never touches theta_0; tasks trained together hand in theirs stacked, with
+:meth:`MetaState.add_tasks`. After ``meta_batch_size`` tasks :meth:`MetaState.step` averages the kept ones
 (over all processes, through the ``all_reduce`` the front door passes in) and steps the meta-optimizer.
 ``state_dict`` / ``load_state_dict`` carry all of it, a half-gathered meta-batch included.
 
@@ -14,6 +15,14 @@ Examples:
     (True, (1, 2))
     >>> state.theta_0[0].detach()  # SGD: 0 - 0.5 * mean of the one kept task
     tensor([-0.5000, -1.0000])
+
+    Three tasks trained together hand in their meta-gradients stacked on a leading task dimension:
+
+    >>> stacked = torch.tensor([[1.0, 1.0], [float("inf"), 0.0], [3.0, 1.0]])
+    >>> state.add_tasks([stacked]), state.step()
+    ([True, False, True], (2, 3))
+    >>> state.theta_0[0].detach()  # minus 0.5 * the mean of the two finite tasks, [2, 1]
+    tensor([-1.5000, -1.5000])
 
     In a plain ``torch.distributed`` run (one process per rank, the process group initialised), the meta-batch is
     spread over the processes and reduced with :func:`distributed_sum`:
@@ -50,11 +59,6 @@ def distributed_sum(tensor: Tensor) -> Tensor:
     """The :data:`AllReduce` of a plain ``torch.distributed`` loop: the sum over the default process group."""
     torch.distributed.all_reduce(tensor)
     return tensor
-
-
-def all_finite(tensors: Sequence[Tensor]) -> bool:
-    """One host-device synchronisation for the whole list."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 class MetaState:
@@ -104,15 +108,23 @@ class MetaState:
         """Whether this process has handed in all its tasks of the meta-batch."""
         return self.tasks_in_batch >= self.meta_batch_size
 
-    @torch.no_grad()
     def add_task(self, meta_gradient: Sequence[Tensor]) -> bool:
         """Add one task's meta-gradient to the meta-batch; ``False`` (and nothing added) if it is not finite."""
-        self.tasks_in_batch += 1
-        if not all_finite(meta_gradient):
-            return False
-        torch._foreach_add_(self.grads, list(meta_gradient))
-        self.tasks_kept += 1
-        return True
+        return self.add_tasks([g.unsqueeze(0) for g in meta_gradient])[0]
+
+    @torch.no_grad()
+    def add_tasks(self, meta_gradients: Sequence[Tensor]) -> list[bool]:
+        """Add the meta-gradients of tasks trained together, stacked on a leading task dimension (``(T, *shape)``
+        each); a task whose meta-gradient is not finite is dropped. Returns which tasks were kept (one host-device
+        synchronisation for all of them)."""
+        finite = torch.stack([g.reshape(g.shape[0], -1).isfinite().all(1) for g in meta_gradients]).all(0)
+        kept: list[bool] = finite.tolist()
+        self.tasks_in_batch += len(kept)
+        if any(kept):
+            rows = None if all(kept) else [i for i, ok in enumerate(kept) if ok]
+            torch._foreach_add_(self.grads, [(g if rows is None else g[rows]).sum(0) for g in meta_gradients])
+            self.tasks_kept += sum(kept)
+        return kept
 
     @torch.no_grad()
     def step(self) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from lightning_meta.tasks.family import ImageTensorDataset, Task, TaskFamily
 from lightning_meta.tasks.glyphs import GlyphAlphabets
 from lightning_meta.tasks.omniglot import Omniglot
 from lightning_meta.tasks.quadratics import RandomQuadratics
-from lightning_meta.tasks.stream import TaskBatch
+from lightning_meta.tasks.stream import StackedTaskBatch, TaskBatch
 from lightning_meta.tasks.vision import VisionDatasets
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ImageTensorDataset",
     "Omniglot",
     "RandomQuadratics",
+    "StackedTaskBatch",
     "StreamDataModule",
     "Task",
     "TaskBatch",

@@ -12,6 +12,12 @@ Examples:
     >>> data.setup("fit")
     >>> [(batch.task, batch.inputs.shape[0]) for batch in data.train_dataloader()]
     [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4)]
+
+    Three tasks trained together: the same batches, stacked.
+
+    >>> data = TaskDataModule(Toy(), inner_steps=2, batch_size=4, task_batch=3, tasks_per_epoch=3)
+    >>> [(batch.tasks, tuple(batch.inputs.shape)) for batch in data.train_dataloader()]
+    [([0, 1, 2], (3, 4, 1, 4, 4)), ([0, 1, 2], (3, 4, 1, 4, 4))]
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from torchvision.transforms import v2
 from lightning_meta.protocols import StepsPerBatch, implements
 from lightning_meta.tasks.family import Split, Task, TaskFamily, dataset_length
 from lightning_meta.tasks.schedule import TaskSchedule
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.tasks.stream import (
+    TaskBatchSampler,
+    TaskStreamDataset,
+    collate_stacked_task_batch,
+    collate_task_batch,
+)
 
 
 def family_by_name(name: str, root: str | None) -> TaskFamily:
@@ -67,6 +78,11 @@ class StreamDataModule(L.LightningDataModule):
     Args:
         inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
         meta_batch_size: tasks per meta-step (``None``: the callback decides).
+        task_batch: tasks trained together in one optimizer step (task-batched training; ``None``: one at a time).
+            Only streams that can stack tasks' batches take it (``stacks_tasks``).
+
+    Attributes:
+        stacks_tasks: whether this stream can serve T tasks' batches stacked (:class:`TaskDataModule` can).
 
     Examples:
         >>> from lightning_meta.tasks import StreamDataModule
@@ -76,13 +92,19 @@ class StreamDataModule(L.LightningDataModule):
         (2, 'data')
     """
 
-    def __init__(self, inner_steps: int, meta_batch_size: int | None = None) -> None:
+    stacks_tasks = False
+
+    def __init__(self, inner_steps: int, meta_batch_size: int | None = None, task_batch: int | None = None) -> None:
         super().__init__()
-        for name, value in {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size}.items():
+        sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "task_batch": task_batch}
+        for name, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
+        if task_batch is not None and not self.stacks_tasks:
+            raise ValueError(f"{type(self).__name__} serves one task at a time: it takes no task_batch")
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
+        self.task_batch = task_batch
         self.schedule: TaskSchedule | None = None  # made by a meta-learning callback; see :meth:`task_schedule`
 
     def _processes(self) -> tuple[int, int]:
@@ -96,7 +118,14 @@ class StreamDataModule(L.LightningDataModule):
         if self.schedule is not None:
             return self.schedule
         world_size, rank = self._processes()
-        return TaskSchedule(self.inner_steps, self.meta_batch_size or 1, world_size, rank, parallel="data")
+        return TaskSchedule(
+            self.inner_steps,
+            self.meta_batch_size or self.task_batch or 1,
+            world_size,
+            rank,
+            parallel="data",
+            task_batch=self.task_batch,
+        )
 
     def _check_distributed(self) -> None:
         connector = getattr(self.trainer, "_accelerator_connector", None)  # what Lightning's own check reads
@@ -129,7 +158,9 @@ class TaskDataModule(StreamDataModule):
     Each task lasts ``inner_steps`` optimizer steps (``inner_steps x accumulate_grad_batches`` batches); the task
     order and the samples are a pure function of ``seed`` and the position in the stream, so runs are reproducible,
     DataLoader workers change nothing and a resumed run continues at the exact batch it stopped at. Batches are
-    :class:`~lightning_meta.tasks.stream.TaskBatch` objects: ``x, y = batch`` as usual, plus ``batch.task``.
+    :class:`~lightning_meta.tasks.stream.TaskBatch` objects: ``x, y = batch`` as usual, plus ``batch.task``; with
+    ``task_batch=T`` (or a meta-learning callback's ``task_batch``) they are
+    :class:`~lightning_meta.tasks.stream.StackedTaskBatch` objects holding the same batches of T tasks, stacked.
 
     Args:
         family: the task family, or the name of a built-in one: ``"glyphs"`` (the default,
@@ -139,13 +170,17 @@ class TaskDataModule(StreamDataModule):
         inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
         meta_batch_size: tasks per meta-step; meta-learning callbacks read it from here when they are not given
             one (``None``: the callback decides).
-        batch_size: samples per batch.
+        task_batch: tasks trained together, vectorised, in one optimizer step (task-batched training, see
+            :class:`~lightning_meta.MetaInit`); ``None``: one task at a time. A divisor of ``meta_batch_size``.
+        batch_size: samples per batch (of each task).
         tasks_per_epoch: tasks in one Lightning epoch (default: ``meta_batch_size``, else 10; epochs only matter
-            for epoch-level hooks and logging).
+            for epoch-level hooks and logging); a multiple of ``task_batch``.
         augment: apply the Leap paper's random affine augmentation to training images.
         num_workers: DataLoader worker processes.
         seed: seed of the task order, the batches and the augmentation.
     """
+
+    stacks_tasks = True
 
     def __init__(
         self,
@@ -153,14 +188,15 @@ class TaskDataModule(StreamDataModule):
         root: str | None = None,
         inner_steps: int = 100,
         meta_batch_size: int | None = None,
+        task_batch: int | None = None,
         batch_size: int = 20,
         tasks_per_epoch: int | None = None,
         augment: bool = False,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(inner_steps, meta_batch_size)
-        tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size)
+        super().__init__(inner_steps, meta_batch_size, task_batch)
+        tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size or task_batch)
         for name, value in {"batch_size": batch_size, "tasks_per_epoch": tasks_per_epoch}.items():
             if value < 1:
                 raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
@@ -201,9 +237,9 @@ class TaskDataModule(StreamDataModule):
                 f"multiple of world_size={schedule.world_size}"
             )
 
-        def locate(batch: int) -> tuple[int, int]:
+        def locate(batch: int) -> tuple[list[int], int]:
             step, micro = divmod(batch, accumulation)
-            return schedule.task(step), (step - schedule.origin_step) % schedule.inner_steps * accumulation + micro
+            return schedule.tasks(step), (step - schedule.origin_step) % schedule.inner_steps * accumulation + micro
 
         return TaskBatchSampler(
             [dataset_length(task.train) for task in self._train_tasks],
@@ -214,6 +250,7 @@ class TaskDataModule(StreamDataModule):
             position=self._consumed_batches,
             locate=locate,
             shard=(schedule.rank, schedule.world_size) if schedule.parallel == "data" else (0, 1),
+            tasks_per_batch=schedule.tasks_per_step,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -221,10 +258,11 @@ class TaskDataModule(StreamDataModule):
         self._check_distributed()
         assert self._train_tasks is not None
         dataset = TaskStreamDataset(self._train_tasks, random_affine() if self.augment else None)
+        stacked = self.task_schedule().task_batch is not None
         return DataLoader(
             dataset,
             batch_sampler=self.batch_sampler(),
-            collate_fn=collate_task_batch,
+            collate_fn=collate_stacked_task_batch if stacked else collate_task_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

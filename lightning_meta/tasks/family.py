@@ -11,6 +11,8 @@ Examples:
     >>> x, y = task.train[4]
     >>> x.shape, x.dtype, y
     (torch.Size([1, 28, 28]), torch.float32, 1)
+    >>> [y for _, y in task.train.__getitems__([4, 0, 2])]  # a batch at once, as a DataLoader asks for it
+    [1, 0, 2]
 
     A family of your own implements ``tasks(split)`` (and ``prepare_data`` if it downloads):
 
@@ -54,6 +56,11 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index].float().div_(255), int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        """Several samples with one indexing operation (what a DataLoader asks for a batch)."""
+        chosen = torch.as_tensor(indices)
+        return list(zip(self.images[chosen].float().div_(255).unbind(0), self.labels[chosen].tolist()))
 
 
 def dataset_length(dataset: Dataset) -> int:

@@ -8,8 +8,13 @@ One process trains task ``step // inner_steps``. Under DDP there are two ways to
   ``m * meta_batch_size + j * world_size + r``.
 - ``"data"`` (data-parallel): every process trains the same task, on its shard of each batch (ordinary DDP).
 
-A run resumed on another number of processes continues the stream where it stopped: ``origin_step`` and
-``origin_task`` say which local step trains which task when the schedule changed.
+With ``task_batch=T`` each process trains T tasks of its share at once (task-batched training: one optimizer step
+advances all T), in stream order: its positions ``j * T .. j * T + T - 1`` at the j-th group of ``inner_steps``
+steps. The meta-batch is then ``meta_batch_size / (world_size * T)`` groups per process, and ``max_steps`` counts
+optimizer steps, each of them T tasks' step.
+
+A run resumed on another number of processes or another ``task_batch`` continues the stream where it stopped:
+``origin_step`` and ``origin_task`` say which local step trains which task when the schedule changed.
 
 Examples:
     >>> schedule = TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1)
@@ -17,6 +22,9 @@ Examples:
     [1, 3, 5, 7]
     >>> TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1, parallel="data").task(30)
     3
+    >>> batched = TaskSchedule(inner_steps=10, meta_batch_size=8, world_size=2, rank=1, task_batch=2)
+    >>> [batched.tasks(step) for step in (0, 10, 20)]
+    [[1, 3], [5, 7], [9, 11]]
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ class TaskSchedule:
     parallel: Parallel = "tasks"
     origin_step: int = 0
     origin_task: int = 0
+    task_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.parallel not in ("tasks", "data"):
@@ -48,6 +57,17 @@ class TaskSchedule:
                 f"{self.meta_batch_size} is not a multiple of world_size={self.world_size}. Choose a multiple, or "
                 "parallel='data'."
             )
+        if self.task_batch is not None and (self.task_batch < 1 or self.tasks_per_process % self.task_batch):
+            raise ValueError(
+                f"task_batch={self.task_batch} tasks trained together must divide the {self.tasks_per_process} tasks "
+                f"each process trains per meta-step (meta_batch_size={self.meta_batch_size}, world_size="
+                f"{self.world_size}, parallel={self.parallel!r}): choose a divisor."
+            )
+
+    @property
+    def tasks_per_step(self) -> int:
+        """Tasks one optimizer step trains: ``task_batch``, or 1."""
+        return self.task_batch or 1
 
     @property
     def task_parallel(self) -> bool:
@@ -58,17 +78,19 @@ class TaskSchedule:
         """Tasks this process trains per meta-step."""
         return self.meta_batch_size // self.world_size if self.task_parallel else self.meta_batch_size
 
-    def local_task(self, step: int) -> int:
-        """How many tasks this process started before ``step`` (since the origin)."""
-        return (step - self.origin_step) // self.inner_steps
+    def tasks(self, step: int) -> list[int]:
+        """The stream tasks that local optimizer step ``step`` trains (one, or ``task_batch`` together)."""
+        group = (step - self.origin_step) // self.inner_steps  # groups of tasks this process started before
+        first = group * self.tasks_per_step
+        positions = range(first, first + self.tasks_per_step)
+        if not self.task_parallel:
+            return [self.origin_task + p for p in positions]
+        spread = [divmod(p, self.tasks_per_process) for p in positions]
+        return [self.origin_task + m * self.meta_batch_size + j * self.world_size + self.rank for m, j in spread]
 
     def task(self, step: int) -> int:
-        """The stream task that local optimizer step ``step`` trains."""
-        local = self.local_task(step)
-        if not self.task_parallel:
-            return self.origin_task + local
-        meta_batch, position = divmod(local, self.tasks_per_process)
-        return self.origin_task + meta_batch * self.meta_batch_size + position * self.world_size + self.rank
+        """The (first) stream task that local optimizer step ``step`` trains."""
+        return self.tasks(step)[0]
 
     def ends_task(self, step: int) -> bool:
         """Whether ``step`` (the number of optimizer steps taken) completes a task."""
@@ -90,13 +112,15 @@ class TaskSchedule:
                 f"{saved.inner_steps * saved.tasks_per_process}))."
             )
         same = (saved.world_size, saved.parallel) == (self.world_size, self.parallel)
-        if same or not (saved.task_parallel or self.task_parallel):
+        regrouped = saved.tasks_per_step != self.tasks_per_step
+        if (same or not (saved.task_parallel or self.task_parallel)) and not regrouped:
             origin = (saved.origin_step, saved.origin_task)
         elif at_boundary:
             origin = (step, replace(saved, rank=0).task(step))  # rank 0's next task opens the next meta-batch
         else:
             raise ValueError(
-                f"a run saved in the middle of a meta-batch resumes on the same number of processes only "
-                f"({saved.world_size}, now {self.world_size}); resume from a checkpoint at a meta-step boundary."
+                f"a run saved in the middle of a meta-batch resumes on the same number of processes "
+                f"({saved.world_size}, now {self.world_size}) and task_batch ({saved.task_batch}, now "
+                f"{self.task_batch}) only; resume from a checkpoint at a meta-step boundary."
             )
         return replace(self, origin_step=origin[0], origin_task=origin[1])

@@ -2,7 +2,9 @@
 
 Micro-batch ``n`` of meta-training belongs to task ``n // batches_per_task`` of the stream, and its samples and
 augmentation seeds are a pure function of ``(seed, n)``. A resumed run therefore sees exactly the batches the
-uninterrupted run would have seen, whatever the DataLoader workers or the epoch boundaries.
+uninterrupted run would have seen, whatever the DataLoader workers or the epoch boundaries. Under task-batched
+training a batch holds the same-numbered batch of T tasks, stacked (:class:`StackedTaskBatch`): each task's samples
+are exactly those it gets when trained alone.
 
 Examples:
     >>> sampler = TaskBatchSampler([10, 4], batch_size=3, batches_per_task=2, tasks_per_epoch=2, seed=0)
@@ -11,18 +13,26 @@ Examples:
     (4, 3)
     >>> [key.stream_task for key in batches[2]] == [1, 1, 1]
     True
+
+    Two tasks together (``locate`` names the tasks of each batch, here tasks 0 and 1 for every batch):
+
+    >>> together = TaskBatchSampler([10, 4], 3, 2, 2, seed=0, locate=lambda n: ([0, 1], n), tasks_per_batch=2)
+    >>> [[key.stream_task for key in batch] for batch in together]
+    [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]]
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, default_collate
+from typing_extensions import Self
 
 from lightning_meta.tasks.family import Task, dataset_length
 
@@ -36,8 +46,30 @@ class SampleKey(NamedTuple):
     seed: int
 
 
+class InputsTargets:
+    """What :class:`TaskBatch` and :class:`StackedTaskBatch` share: they unpack like ``(inputs, targets)``, and
+    Lightning moves them to a device by calling their ``to`` (instead of deep-copying the dataclass at every step)."""
+
+    inputs: Tensor
+    targets: Tensor
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.inputs, self.targets))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Tensor:
+        return (self.inputs, self.targets)[index]
+
+    def to(self, *args: Any, **kwargs: Any) -> Self:
+        """The batch with its tensors moved (``Tensor.to``'s arguments)."""
+        moved = {"inputs": self.inputs.to(*args, **kwargs), "targets": self.targets.to(*args, **kwargs)}
+        return replace(self, **moved)  # type: ignore[type-var]
+
+
 @dataclass
-class TaskBatch:
+class TaskBatch(InputsTargets):
     """A batch that says which task of the stream it belongs to, and unpacks like ``(inputs, targets)``.
 
     ``x, y = batch`` works as for a plain tuple, so a LightningModule written for ``(x, y)`` batches runs unchanged;
@@ -51,14 +83,27 @@ class TaskBatch:
     task_name: str
     split_index: int = 0
 
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter((self.inputs, self.targets))
 
-    def __len__(self) -> int:
-        return 2
+@dataclass
+class StackedTaskBatch(InputsTargets):
+    """The batches of T tasks trained together, stacked: ``inputs`` is ``(T, B, ...)``, ``targets`` ``(T, B)``, and
+    ``x, y = batch`` works as for :class:`TaskBatch`. ``tasks``, ``task_names`` and ``split_indices`` say, in order,
+    which task of the stream, of which name and split index each slice belongs to.
+    """
 
-    def __getitem__(self, index: int) -> Tensor:
-        return (self.inputs, self.targets)[index]
+    inputs: Tensor
+    targets: Tensor
+    tasks: list[int]
+    task_names: list[str]
+    split_indices: list[int]
+
+
+def batch_tasks(batch: Any) -> list[int] | None:
+    """The stream tasks a batch says it holds: ``[task]`` of a :class:`TaskBatch`, the ``tasks`` of a
+    :class:`StackedTaskBatch`, ``None`` for a batch that does not say."""
+    if isinstance(batch, TaskBatch):
+        return [batch.task]
+    return batch.tasks if isinstance(batch, StackedTaskBatch) else None
 
 
 def stream_task_index(stream_task: int, num_tasks: int, seed: int) -> int:
@@ -79,13 +124,27 @@ class TaskStreamDataset(Dataset):
         return sum(dataset_length(task.train) for task in self.tasks)
 
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, int, SampleKey, str]:
-        task = self.tasks[key.task_index]
-        inputs, target = task.train[key.sample]
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key.seed)
-                inputs = self.transform(inputs)
-        return inputs, target, key, task.name
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[SampleKey]) -> list[tuple[Tensor, int, SampleKey, str]]:
+        """The samples of a batch (the DataLoader asks for a whole batch at once): fetched task by task in one call
+        where the task's data set can (``__getitems__``, e.g. :class:`~lightning_meta.tasks.ImageTensorDataset`),
+        then augmented one by one."""
+        samples = []
+        for index, group in itertools.groupby(keys, key=lambda key: key.task_index):
+            task, chosen = self.tasks[index], list(group)
+            fetch = getattr(task.train, "__getitems__", None)
+            fetched = fetch([key.sample for key in chosen]) if fetch else [task.train[k.sample] for k in chosen]
+            for key, (inputs, target) in zip(chosen, fetched):
+                samples.append((self._augment(inputs, key.seed), target, key, task.name))
+        return samples
+
+    def _augment(self, inputs: Tensor, seed: int) -> Tensor:
+        if self.transform is None:
+            return inputs
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(inputs)
 
 
 def collate_task_batch(samples: list[tuple[Tensor, int, SampleKey, str]]) -> TaskBatch:
@@ -93,6 +152,22 @@ def collate_task_batch(samples: list[tuple[Tensor, int, SampleKey, str]]) -> Tas
     inputs, targets = default_collate([(x, y) for x, y, _, _ in samples])
     key, name = samples[0][2], samples[0][3]
     return TaskBatch(inputs, targets, task=key.stream_task, task_name=name, split_index=key.task_index)
+
+
+def collate_stacked_task_batch(samples: list[tuple[Tensor, int, SampleKey, str]]) -> StackedTaskBatch:
+    """Stack the samples of several tasks (each task's consecutive, as many for each) into a
+    :class:`StackedTaskBatch`."""
+    groups: dict[int, list[tuple[Tensor, int, SampleKey, str]]] = {}
+    for sample in samples:
+        groups.setdefault(sample[2].stream_task, []).append(sample)
+    batches = [collate_task_batch(group) for group in groups.values()]
+    return StackedTaskBatch(
+        torch.stack([b.inputs for b in batches]),
+        torch.stack([b.targets for b in batches]),
+        tasks=[b.task for b in batches],
+        task_names=[b.task_name for b in batches],
+        split_indices=[b.split_index for b in batches],
+    )
 
 
 class TaskBatchSampler(Sampler[list[SampleKey]]):
@@ -106,10 +181,12 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         seed: seed of the task order, the sample order and the augmentation.
         position: returns the number of micro-batches already consumed (e.g. from ``trainer.global_step``);
             iteration resumes there and stops at the end of that position's epoch.
-        locate: maps micro-batch ``n`` to ``(stream task, index of the batch within the task)``; the default,
-            ``divmod(n, batches_per_task)``, is one process training the stream in order (see
-            :class:`~lightning_meta.tasks.schedule.TaskSchedule` for several).
+        locate: maps micro-batch ``n`` to ``(stream tasks, index of the batch within the tasks)``; the default,
+            ``([n // batches_per_task], n % batches_per_task)``, is one process training the stream in order (see
+            :class:`~lightning_meta.tasks.schedule.TaskSchedule` for several, and for tasks trained together).
         shard: ``(rank, world_size)``: yield only the samples ``rank::world_size`` of each batch (data-parallel).
+        tasks_per_batch: tasks whose batches each yielded batch joins (task-batched training); ``tasks_per_epoch``
+            must be a multiple of it.
     """
 
     def __init__(
@@ -120,22 +197,28 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         tasks_per_epoch: int,
         seed: int,
         position: Callable[[], int] = lambda: 0,
-        locate: Callable[[int], tuple[int, int]] | None = None,
+        locate: Callable[[int], tuple[Sequence[int], int]] | None = None,
         shard: tuple[int, int] = (0, 1),
+        tasks_per_batch: int = 1,
     ) -> None:
         if not task_sizes or min(task_sizes) < 1:
             raise ValueError(f"every task needs at least one training sample, got sizes {list(task_sizes)}")
+        if tasks_per_batch < 1 or tasks_per_epoch % tasks_per_batch:
+            raise ValueError(
+                f"tasks_per_epoch={tasks_per_epoch} must be a multiple of the {tasks_per_batch} tasks trained together"
+            )
         self.task_sizes = list(task_sizes)
         self.batch_size = batch_size
         self.batches_per_task = batches_per_task
         self.tasks_per_epoch = tasks_per_epoch
         self.seed = seed
         self.position = position
-        self.locate = locate or (lambda n: divmod(n, batches_per_task))
+        self.locate = locate or (lambda n: ([n // batches_per_task], n % batches_per_task))
         self.shard = shard
+        self.tasks_per_batch = tasks_per_batch
 
     def __len__(self) -> int:
-        return self.tasks_per_epoch * self.batches_per_task
+        return self.tasks_per_epoch // self.tasks_per_batch * self.batches_per_task
 
     def task_index(self, stream_task: int) -> int:
         """The split's task at a position of the stream (see :func:`stream_task_index`)."""
@@ -157,7 +240,8 @@ class TaskBatchSampler(Sampler[list[SampleKey]]):
         end = (start // len(self) + 1) * len(self)
         rank, world_size = self.shard
         while start < end:
-            stream_task, offset = self.locate(start)
-            for batch in self.task_batches(stream_task)[offset:][: end - start]:
-                yield batch[rank::world_size]
+            stream_tasks, offset = self.locate(start)
+            per_task = [self.task_batches(task)[offset:][: end - start] for task in stream_tasks]
+            for batches in zip(*per_task):
+                yield [key for batch in batches for key in batch[rank::world_size]]
                 start += 1
