@@ -47,8 +47,9 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 K, M = 3, 2  # inner steps per task, tasks per meta-batch
 
 
-def toy() -> TaskDataModule:
-    return TaskDataModule(ToyFamily(num_tasks=12, held_out=3), inner_steps=K, meta_batch_size=M, batch_size=8)
+def toy(task_batch: int | None = None) -> TaskDataModule:
+    family = ToyFamily(num_tasks=12, held_out=3)
+    return TaskDataModule(family, inner_steps=K, meta_batch_size=M, batch_size=8, task_batch=task_batch)
 
 
 class AlwaysNaN(TinyClassifier):
@@ -56,13 +57,13 @@ class AlwaysNaN(TinyClassifier):
         return super().training_step(batch, batch_idx) * float("nan")
 
 
-def fit_recording_warnings(model, callbacks, **kwargs):
-    """Fit on the toy tasks; the warnings it raised and the error it stopped with (``None``)."""
-    trainer = make_trainer(callbacks, max_steps=K * M * 10, **kwargs)
+def fit_recording_warnings(model, callbacks, task_batch=None, **kwargs):
+    """Fit 10 meta-batches of the toy tasks; the warnings it raised and the error it stopped with (``None``)."""
+    trainer = make_trainer(callbacks, max_steps=K * M * 10 // (task_batch or 1), **kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            trainer.fit(model, datamodule=toy())
+            trainer.fit(model, datamodule=toy(task_batch))
             error = None
         except MetaTrainingDiverged as stopped:
             error = stopped
@@ -70,20 +71,22 @@ def fit_recording_warnings(model, callbacks, **kwargs):
 
 
 # ----------------------------------------------------------------- the guard in training
-@pytest.mark.parametrize("rule", [Leap, Reptile])
-def test_tasks_that_blow_up_while_finite_are_dropped_and_the_run_stops_naming_the_inner_lr(rule):
+@pytest.mark.parametrize(
+    ("rule", "task_batch"), [(Leap, None), (Reptile, None), (Leap, M)], ids=["leap", "reptile", "leap-tasks-together"]
+)
+def test_tasks_that_blow_up_while_finite_are_dropped_and_the_run_stops_naming_the_inner_lr(rule, task_batch):
     torch.manual_seed(0)
     model = TinyClassifier(lr=1e6)  # tanh keeps the loss finite: ~1e6 after one step
     start = flat(model.parameters())
     callback = rule()
-    trainer, caught, error = fit_recording_warnings(model, [callback])
+    trainer, caught, error = fit_recording_warnings(model, [callback], task_batch)
     why = "its loss rose from" if rule is Leap else "its weights moved"  # Reptile reads no losses: the distance check
     assert [m for m in caught if m.startswith("task ")] == [m for m in caught if f"diverged: {why}" in m]
     assert sum(m.startswith("task ") for m in caught) == 3 * M  # every task of the 3 meta-batches, each said why
     assert error is not None and error.likely_cause == "inner_lr"
     assert "every task of 3 meta-batches in a row was dropped" in str(error)
     assert "the inner learning rate (the model's optimizer) is likely too high" in str(error)
-    assert trainer.global_step == 3 * M * K  # stopped at the end of the third meta-batch, not at max_steps
+    assert trainer.global_step == 3 * M * K // (task_batch or 1)  # at the end of the third meta-batch
     assert torch.equal(flat(callback.theta_0), start) and torch.equal(flat(model.parameters()), start)
 
 

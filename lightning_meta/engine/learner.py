@@ -196,8 +196,8 @@ class MetaLearner:
             final_loss = final_loss()
         final_loss = self._global_loss(final_loss)
         meta_gradient = self.rule.end(self.live, final_loss)
-        first, last = self.losses[0], final_loss if final_loss is not None else self.losses[1]
-        kept = self._add_tasks(meta_gradient, (first, last) if first is not None and last is not None else None)
+        first, end = self.losses[0], final_loss if final_loss is not None else self.losses[1]
+        kept = self._add_tasks(meta_gradient, (first, end) if first is not None and end is not None else None)
         for ok, label, reason in zip(kept, self._task_labels(task), self.state.drop_reasons):
             if not ok:
                 warnings.warn(
