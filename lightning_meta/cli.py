@@ -10,12 +10,15 @@ Example (shell)::
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_meta.checkpoint_files import load_checkpoint
+from lightning_meta.cli_errors import run_reporting_errors
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
 
@@ -47,6 +50,17 @@ class MetaCLI(LightningCLI):
         parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
         parser.add_subclass_arguments((TaskDataModule, StreamDataModule), "data", fail_untyped=False, required=True)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then check that ``--ckpt_path`` names a readable checkpoint: a truncated or foreign file fails here
+        with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path is None or path in ("last", "best", "hpc", "registry") or str(path).startswith("registry:"):
+            return  # Lightning's keywords: Lightning finds and reads the file
+        if "://" not in str(path):  # remote files are Lightning's to read
+            load_checkpoint(path)
+
 
 def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
     """Run ``lightning-meta``; ``args`` replaces ``sys.argv[1:]`` (handy in notebooks and tests)."""
@@ -63,8 +77,9 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
 
 
 def command() -> None:
-    """The console script: runs :func:`main` and exits with status 0 (``main`` returns the CLI object)."""
-    main()
+    """The console script: runs :func:`main`; exits with status 0, or prints a bad value's key, value and rule in one
+    line and exits with status 1 (:mod:`lightning_meta.cli_errors`; ``--debug`` shows the traceback)."""
+    sys.exit(run_reporting_errors(main, sys.argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ process (gathered) and what the callbacks counted. The spec is a JSON object:
     meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
     end, and every ``evaluate_every`` meta-steps; with the initial weights' curves if ``baseline``); checkpoint_every
     (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
-    step); csv (log to out/logs with a CSVLogger); resume (a checkpoint to resume from); out (a folder).
+    step; only the process of rank kill_rank if that is given); csv (log to out/logs with a CSVLogger); resume (a
+    checkpoint to resume from); out (a folder).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -53,13 +55,16 @@ class TinyMAML(MAMLMixin, TinyClassifier):
 
 
 class KillAt(L.Callback):
-    """kill -9 of this very process at the end of an optimizer step: nothing gets to clean up or save."""
+    """kill -9 of this very process at the end of an optimizer step: nothing gets to clean up or save. The time of the
+    kill goes to ``killed_at`` in the Trainer's root folder."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            (Path(trainer.default_root_dir) / "killed_at").write_text(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -92,7 +97,7 @@ def main(spec: dict) -> None:
         every = spec["checkpoint_every"]
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", every_n_train_steps=every, save_top_k=-1))
     if spec.get("kill_at"):
-        callbacks.append(KillAt(spec["kill_at"]))
+        callbacks.append(KillAt(spec["kill_at"], spec.get("kill_rank")))
     logger = L.pytorch.loggers.CSVLogger(out / "logs", name="", version="") if spec.get("csv") else False
     trainer = L.Trainer(
         accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",

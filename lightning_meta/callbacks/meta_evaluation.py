@@ -13,6 +13,11 @@ head is a task parameter) has it called at the start of every held-out task. Wit
 task trains on part of its training images, stops when the error on the rest stops improving and is scored with
 the weights of the lowest validation error (:class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`).
 
+With a meta-learning callback and ``baseline=True`` the evaluation also guards the run: theta_0 that trains the
+held-out tasks far worse than the weights the run started from (a meta learning rate that wrecked it, with no task
+ever blowing up) stops fit with :class:`~lightning_meta.engine.MetaTrainingDiverged`, naming the newest checkpoint
+saved by the last evaluation that found theta_0 sound (``worse_than_start``).
+
 Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap, MetaEvaluation
@@ -35,9 +40,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.engine import MetaTrainingDiverged
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import HeldOutTasks, require
@@ -172,6 +179,9 @@ class MetaEvaluation(L.Callback):
         plot_path: where to write the PNG (default: ``<log_dir>/meta_evaluation_<split>.png``).
         early_stopping: stop each held-out task when the error on a validation split of its training images stops
             improving (``None``: every task trains ``inner_steps`` steps).
+        worse_than_start: stop meta-training (:class:`~lightning_meta.engine.MetaTrainingDiverged`) when theta_0's
+            held-out training-loss AUC exceeds this many times that of the weights the run started from (needs
+            ``baseline`` and a meta-learning callback; ``None``: never).
     """
 
     def __init__(
@@ -186,9 +196,12 @@ class MetaEvaluation(L.Callback):
         batch_statistics: bool = True,
         plot_path: str | None = None,
         early_stopping: HeldOutEarlyStopping | None = None,
+        worse_than_start: float | None = 1.25,
     ) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        if worse_than_start is not None and not worse_than_start >= 1:
+            raise ValueError(f"worse_than_start must be >= 1 or None (never stop), got {worse_than_start}")
         self.split: Split = split
         self.every_n_meta_steps = every_n_meta_steps
         self.inner_steps = inner_steps
@@ -199,6 +212,8 @@ class MetaEvaluation(L.Callback):
         self.batch_statistics = batch_statistics
         self.plot_path = plot_path
         self.early_stopping = early_stopping
+        self.worse_than_start = worse_than_start
+        self.sound_at = 0  # the global step of the last evaluation that found theta_0 no worse than the start
         self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
         self.initial: HeldOutCurves | None = None
         self._initial_state: dict[str, Tensor] | None = None
@@ -232,6 +247,7 @@ class MetaEvaluation(L.Callback):
             "history": [(step, asdict(curves)) for step, curves in self.history],
             "initial": None if self.initial is None else asdict(self.initial),
             "initial_state": self._initial_state if self.initial is None else None,
+            "sound_at": self.sound_at,
         }
 
     @override
@@ -239,6 +255,7 @@ class MetaEvaluation(L.Callback):
         self.history = [(step, HeldOutCurves(**curves)) for step, curves in state_dict["history"]]
         self.initial = None if state_dict["initial"] is None else HeldOutCurves(**state_dict["initial"])
         self._initial_state = state_dict["initial_state"]
+        self.sound_at = state_dict.get("sound_at", 0)
 
     @property
     def task_names(self) -> list[str]:
@@ -284,7 +301,27 @@ class MetaEvaluation(L.Callback):
         curves = self._adapt(trainer, pl_module, state)
         self.history.append((step, curves))
         self._log(trainer, "meta_init", curves)
+        self._check_progress(trainer, step, curves)
         return curves
+
+    def _check_progress(self, trainer: L.Trainer, step: int, curves: HeldOutCurves) -> None:
+        """Stop meta-training when theta_0 trains the held-out tasks far worse than the start (``worse_than_start``);
+        every process decides alike, on the gathered curves."""
+        if self.worse_than_start is None or self._meta is None or self.initial is None:
+            return
+        now, start = curves.summary()["train_loss_auc"], self.initial.summary()["train_loss_auc"]
+        if now <= self.worse_than_start * start:  # a NaN curve is worse
+            self.sound_at = trainer.global_step
+            return
+        error = MetaTrainingDiverged(
+            f"meta-training diverged: at meta-step {step} theta_0 trains the {len(self._tasks)} held-out {self.split} "
+            f"tasks worse than the weights the run started from (training-loss AUC {now:.4g} against {start:.4g}, "
+            f"more than worse_than_start={self.worse_than_start:g} times); the meta learning rate (meta_lr) is likely "
+            "too high.",
+            "meta_lr",
+            theta_0_suspect=True,
+        )
+        raise with_resume_hint(error, trainer, saved_by=self.sound_at)
 
     def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor]) -> HeldOutCurves:
         """Under DDP, process ``r`` adapts tasks ``r, r + world_size, ...`` and the curves are gathered on all."""

@@ -36,8 +36,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
-from lightning_meta.engine import MetaLearner, TaskBatchedLearner, TrajectoryRule
+from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
 from lightning_meta.engine.learner import Buffers, select_parameters
 from lightning_meta.engine.meta_state import optimizer_class
 from lightning_meta.tasks.datamodule import task_datamodule
@@ -104,6 +105,10 @@ class MetaInit(L.Callback):
             time when it has none either). Both given and different is an error at ``setup``. A divisor of each
             process's tasks per meta-step; ``max_steps`` then counts steps of T tasks each (divide the one-at-a-time
             ``max_steps`` by T, as by the processes under task-parallel DDP).
+        guard: the checks against runaway meta-training (:class:`~lightning_meta.engine.RunawayGuard`; ``True``: its
+            defaults; ``False``: none). When it stops meta-training, fit raises
+            :class:`~lightning_meta.engine.MetaTrainingDiverged` naming the likely cause and the checkpoint to resume
+            from (:mod:`~lightning_meta.callbacks.diverged`), and the module holds the last good theta_0.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class MetaInit(L.Callback):
         parallel: Parallel = "tasks",
         final_checkpoint: bool = True,
         task_batch: int | None = None,
+        guard: RunawayGuard | bool = True,
     ) -> None:
         sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "task_batch": task_batch}
         for name, value in sizes.items():
@@ -142,10 +148,12 @@ class MetaInit(L.Callback):
         self.parallel: Parallel = parallel
         self.final_checkpoint = final_checkpoint
         self.task_batch = task_batch
+        self.guard = guard
         self.learner: MetaLearner | None = None  # built in on_fit_start, where the module has its device
         self._batched: TaskBatchedTraining | None = None  # with task_batch: the Trainer's loop over T tasks at once
         self.names: list[str] = []  # the meta-learned parameters, chosen in setup
         self.active_task = -1  # position in the task stream of the task being trained
+        self._meta_step_at = 0  # the global step at which theta_0 last took a meta-step
         self._schedule: TaskSchedule | None = None  # used only without a StreamDataModule (else the data module's)
         self._trainer: L.Trainer | None = None
         self._fresh_optimizer: list[list[dict[str, Any]]] = []
@@ -256,6 +264,7 @@ class MetaInit(L.Callback):
             buffers=self.buffers,
             parallel=self.parallel,
             all_reduce=(lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")) if several else None,
+            guard=self.guard,
         )
         if schedule.task_batch is None:
             self.learner = MetaLearner(pl_module, self.rule, **arguments)
@@ -365,11 +374,21 @@ class MetaInit(L.Callback):
                 else:
                     final_loss = training_loss(pl_module.training_step(batch, batch_idx))
         ended = self.schedule.tasks(trainer.global_step - 1)  # the step that just ran
-        meta_step = learner.end_task(final_loss, task=ended if self._batched is not None else ended[0])
+        try:
+            meta_step = learner.end_task(final_loss, task=ended if self._batched is not None else ended[0])
+        except MetaTrainingDiverged as error:
+            learner.load_init()  # the module holds the last good theta_0
+            saved_by = self._meta_step_at - 1 if error.theta_0_suspect else None  # before theta_0's last meta-step
+            raise with_resume_hint(error, trainer, saved_by) from None
         for key, value in self.rule.metrics().items():  # the mean over tasks trained together
             pl_module.log(f"{self.rule.name}/{key}", value.mean(), on_step=True, on_epoch=False)
+        guard = learner.state.guard
+        for key, ratio in (guard.metrics() if guard is not None else {}).items():  # the largest over tasks together
+            pl_module.log(f"guard/{key}", ratio, on_step=True, on_epoch=False)
         if meta_step is not None:
             kept, tasks = meta_step
+            if kept:
+                self._meta_step_at = trainer.global_step
             pl_module.log("meta/tasks_dropped", float(tasks - kept), on_step=True, on_epoch=False)
 
     @override
@@ -401,7 +420,7 @@ class MetaInit(L.Callback):
             "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
             "task_buffers": {n: b.detach().clone() for n, b in self.learner.live_buffers.items()},
             "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
-            "counters": {**state["counters"], "active_task": self.active_task},
+            "counters": {**state["counters"], "active_task": self.active_task, "meta_step_at": self._meta_step_at},
         }
 
     @override
@@ -446,6 +465,7 @@ class MetaInit(L.Callback):
             for name, buffer in state["task_buffers"].items():
                 buffers[name].copy_(buffer)
         self.active_task = state["counters"]["active_task"]
+        self._meta_step_at = state["counters"].get("meta_step_at", 0)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -8,13 +8,16 @@ from lightning_meta.engine.learner import MetaLearner
 from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum
 from lightning_meta.engine.reptile import ReptileRule
 from lightning_meta.engine.rule import TrajectoryRule
+from lightning_meta.engine.runaway import MetaTrainingDiverged, RunawayGuard
 
 __all__ = [
     "AllReduce",
     "LeapRule",
     "MetaLearner",
     "MetaState",
+    "MetaTrainingDiverged",
     "ReptileRule",
+    "RunawayGuard",
     "TaskBatchedLearner",
     "TrajectoryRule",
     "distributed_sum",

@@ -149,8 +149,8 @@ class TaskBatchedLearner(MetaLearner):
 
         return vmap(one_task, randomness="different")(self.live, self.task_buffers, *args)
 
-    def _add_tasks(self, meta_gradient: Sequence[Tensor]) -> list[bool]:
-        return self.state.add_tasks(meta_gradient)
+    def _add_tasks(self, meta_gradient: Sequence[Tensor], losses: tuple[Tensor, Tensor] | None) -> list[bool]:
+        return self.state.add_tasks(meta_gradient, self.live, losses)
 
     def _task_labels(self, task: object) -> list[object]:
         return list(task) if isinstance(task, Sequence) and not isinstance(task, str) else [task] * self.tasks

@@ -41,6 +41,7 @@ from torch.optim import Optimizer
 
 from lightning_meta.engine.meta_state import AllReduce, MetaState
 from lightning_meta.engine.rule import TrajectoryRule
+from lightning_meta.engine.runaway import RunawayGuard
 from lightning_meta.utils import ParamFilter, parameter_filter
 
 Parallel = Literal["tasks", "data"]
@@ -80,6 +81,8 @@ class MetaLearner:
             summed once per meta-step; ``"data"``: all processes train the same task on shards of each batch (the
             module's gradients are already averaged, e.g. by DDP), and each step's loss is averaged over them.
         all_reduce: sums a tensor over the processes (``None``: one process).
+        guard: the checks against runaway meta-training (:class:`~lightning_meta.engine.RunawayGuard`; ``True``: its
+            defaults, ``False``: none). Its loss check reads the losses of rules that use them.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class MetaLearner:
         buffers: Buffers = "reset",
         parallel: Parallel = "tasks",
         all_reduce: AllReduce | None = None,
+        guard: RunawayGuard | bool = True,
     ) -> None:
         if buffers not in ("reset", "keep"):
             raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
@@ -115,7 +119,9 @@ class MetaLearner:
             meta_optimizer,
             meta_optimizer_kwargs,
             all_reduce if parallel == "tasks" else None,
+            guard,
         )
+        self.losses: list[Tensor | None] = [None, None]  # the running task's first and latest loss, for the guard
         self.buffer_start = {n: b.detach().clone() for n, b in module.named_buffers()}
 
     @property
@@ -144,6 +150,7 @@ class MetaLearner:
         """Start a task: the module holds theta_0 and the rule a fresh trajectory. (A fresh inner optimizer is the
         loop's job.)"""
         self.load_init()
+        self.losses = [None, None]
         with torch.no_grad():
             self.rule.start(self.theta_0, self.live)
 
@@ -152,7 +159,10 @@ class MetaLearner:
         """Record an inner step: call after ``backward`` and before the inner optimizer's ``step``; ``loss`` is the
         step's (unscaled) loss, needed by rules with ``needs_loss`` (Leap with ``loss=True``)."""
         grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
-        self.rule.step(self.live, grads, self._global_loss(loss))
+        loss = self._global_loss(loss)
+        if loss is not None:
+            self.losses = [loss if self.losses[0] is None else self.losses[0], loss]
+        self.rule.step(self.live, grads, loss)
 
     def _global_loss(self, loss: Tensor | None) -> Tensor | None:
         """The loss in theta_0's precision, averaged over the processes under data-parallel training."""
@@ -173,20 +183,26 @@ class MetaLearner:
         diverge; else ``None``.
 
         ``final_loss`` is the loss at theta_K on the task's last batch (a tensor or a function computing it, called
-        without gradients), needed by rules with ``needs_final_loss``. A task whose meta-gradient is not finite is
-        dropped with a warning naming ``task``.
+        without gradients), needed by rules with ``needs_final_loss``. A task whose meta-gradient is not finite, or
+        that the guard finds ran away, is dropped with a warning naming ``task`` and the reason.
+
+        Raises:
+            MetaTrainingDiverged: from :meth:`MetaState.step <lightning_meta.engine.MetaState.step>`, when the guard
+                stops meta-training.
         """
         if self.rule.needs_final_loss and final_loss is None:
             raise ValueError(f"{type(self.rule).__name__} needs the loss at the task's last weights: pass final_loss=")
         if callable(final_loss):
             final_loss = final_loss()
-        meta_gradient = self.rule.end(self.live, self._global_loss(final_loss))
-        kept = self._add_tasks(meta_gradient)
-        for ok, label in zip(kept, self._task_labels(task)):
+        final_loss = self._global_loss(final_loss)
+        meta_gradient = self.rule.end(self.live, final_loss)
+        first, end = self.losses[0], final_loss if final_loss is not None else self.losses[1]
+        kept = self._add_tasks(meta_gradient, (first, end) if first is not None and end is not None else None)
+        for ok, label, reason in zip(kept, self._task_labels(task), self.state.drop_reasons):
             if not ok:
                 warnings.warn(
-                    f"task {label} diverged (non-finite loss or parameters); it is dropped from the meta-batch and "
-                    "theta_0 is not affected by it.",
+                    f"task {label} diverged: {reason}; it is dropped from the meta-batch and theta_0 is not affected "
+                    "by it.",
                     stacklevel=2,
                 )
         if self.buffers == "keep" and any(kept):
@@ -195,8 +211,8 @@ class MetaLearner:
         return self.state.step() if self.state.batch_complete else None
 
     # the three places where one task and tasks stacked on a leading dimension differ
-    def _add_tasks(self, meta_gradient: Sequence[Tensor]) -> list[bool]:
-        return [self.state.add_task(meta_gradient)]
+    def _add_tasks(self, meta_gradient: Sequence[Tensor], losses: tuple[Tensor, Tensor] | None) -> list[bool]:
+        return [self.state.add_task(meta_gradient, self.live, losses)]
 
     def _task_labels(self, task: object) -> list[object]:
         return [task]
@@ -217,7 +233,8 @@ class MetaLearner:
         """theta_0, the meta-optimizer, the partial meta-batch, the rule's trajectory state and the buffers' start
         values (the module's own weights are the loop's to save)."""
         state = self.state.state_dict()
-        return {**state, "names": self.names, "buffer_start": self.buffer_start, "rule": self.rule.state_dict()}
+        extra = {"names": self.names, "buffer_start": self.buffer_start, "losses": list(self.losses)}
+        return {**state, **extra, "rule": self.rule.state_dict()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any], trajectory: bool = True) -> None:
@@ -235,3 +252,4 @@ class MetaLearner:
         if trajectory:
             self.rule.start(self.theta_0, self.live)
             self.rule.load_state_dict(state["rule"])
+            self.losses = [None if loss is None else loss.to(device) for loss in state.get("losses", [None, None])]

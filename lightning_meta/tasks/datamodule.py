@@ -42,8 +42,9 @@ from lightning_meta.tasks.stream import (
 )
 
 
-def family_by_name(name: str, root: str | None) -> TaskFamily:
-    """The built-in families by name: ``"glyphs"`` and ``"omniglot"``."""
+def family_by_name(name: str, root: str | None, download: bool = True) -> TaskFamily:
+    """The built-in families by name: ``"glyphs"`` and ``"omniglot"`` (downloaded into ``root`` if missing and
+    ``download``)."""
     from lightning_meta.tasks.glyphs import GlyphAlphabets
     from lightning_meta.tasks.omniglot import Omniglot
 
@@ -52,7 +53,7 @@ def family_by_name(name: str, root: str | None) -> TaskFamily:
     if name == "omniglot":
         if root is None:
             raise ValueError("family='omniglot' needs root= (the folder that holds or will receive omniglot-py)")
-        return Omniglot(root=root, download=True)
+        return Omniglot(root=root, download=download)
     raise ValueError(f"unknown task family {name!r}: use 'glyphs', 'omniglot' or a TaskFamily instance")
 
 
@@ -167,6 +168,8 @@ class TaskDataModule(StreamDataModule):
             :class:`~lightning_meta.tasks.GlyphAlphabets`, embedded) or ``"omniglot"``
             (:class:`~lightning_meta.tasks.Omniglot`, which needs ``root``).
         root: data folder of a family given by name (``None``: the family's default).
+        download: download the data of a family given by name when it is missing from ``root`` (Omniglot; needs
+            internet, else the error says within seconds which files to fetch and where they go).
         inner_steps: optimizer steps per task; meta-learning callbacks read it from here.
         meta_batch_size: tasks per meta-step; meta-learning callbacks read it from here when they are not given
             one (``None``: the callback decides).
@@ -186,6 +189,7 @@ class TaskDataModule(StreamDataModule):
         self,
         family: TaskFamily | Literal["glyphs", "omniglot"] = "glyphs",
         root: str | None = None,
+        download: bool = True,
         inner_steps: int = 100,
         meta_batch_size: int | None = None,
         task_batch: int | None = None,
@@ -200,7 +204,7 @@ class TaskDataModule(StreamDataModule):
         for name, value in {"batch_size": batch_size, "tasks_per_epoch": tasks_per_epoch}.items():
             if value < 1:
                 raise ValueError(f"TaskDataModule: {name} must be >= 1, got {value}")
-        self.family = family_by_name(family, root) if isinstance(family, str) else family
+        self.family = family_by_name(family, root, download) if isinstance(family, str) else family
         self.batch_size = batch_size
         self.tasks_per_epoch = tasks_per_epoch
         self.augment = augment

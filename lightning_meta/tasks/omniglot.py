@@ -14,8 +14,10 @@ Example (needs the data, hence skipped):
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -28,6 +30,8 @@ from lightning_meta.tasks.alphabets import DRAWERS, AlphabetFamily
 SETS = ("images_background", "images_evaluation")
 MIN_CHARACTERS = 20
 SIZE = 28
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for the download server before saying that it cannot be reached (no network: fail fast)."""
 
 
 class Omniglot(AlphabetFamily):
@@ -37,7 +41,8 @@ class Omniglot(AlphabetFamily):
 
     Args:
         root: Folder holding (or to receive) torchvision's ``omniglot-py`` folder.
-        download: Download both sets with torchvision if missing (needs internet).
+        download: Download the missing sets with torchvision (needs internet). Without a network the error says so
+            within seconds and names the files to fetch and where they go.
         **kwargs: the split and task arguments of :class:`~lightning_meta.tasks.alphabets.AlphabetFamily`.
     """
 
@@ -52,15 +57,16 @@ class Omniglot(AlphabetFamily):
         return self.root / torchvision.datasets.Omniglot.folder
 
     def load_alphabets(self) -> dict[str, Tensor]:
-        if self.download:
-            for background in (True, False):
-                torchvision.datasets.Omniglot(str(self.root), background=background, download=True)
         missing = [name for name in SETS if not (self.folder / name).is_dir()]
+        if missing and self.download:
+            self._download(missing)
+            missing = [name for name in SETS if not (self.folder / name).is_dir()]
         if missing:
             raise FileNotFoundError(
-                f"Omniglot not found: missing {', '.join(str(self.folder / name) for name in missing)}. Expected "
-                f"{self.folder}/<set>/<alphabet>/<character>/<image>.png for <set> in {SETS}, as torchvision "
-                "extracts it. Pass download=True on a machine with internet access, or copy an extracted "
+                f"Omniglot not found in root={self.root}: missing "
+                f"{', '.join(str(self.folder / name) for name in missing)}. Expected "
+                f"{self.folder}/<set>/<alphabet>/<character>/<image>.png for <set> in {SETS}, as torchvision extracts "
+                "it. Pass download=True on a machine with internet access, or copy an extracted "
                 f"'omniglot-py' folder into {self.root}."
             )
         alphabets: dict[str, Tensor] = {}
@@ -75,6 +81,24 @@ class Omniglot(AlphabetFamily):
         if not alphabets:
             raise FileNotFoundError(f"no alphabet with at least {MIN_CHARACTERS} characters under {self.folder}")
         return alphabets
+
+
+    def _download(self, sets: list[str]) -> None:
+        """Download and extract ``sets`` with torchvision; an unreachable server is a one-line error, fast."""
+        prefix = torchvision.datasets.Omniglot.download_url_prefix
+        urls = " and ".join(f"{prefix}/{name}.zip" for name in sets)
+        host = urlparse(prefix).hostname or prefix
+        try:
+            socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT).close()
+            for name in sets:
+                torchvision.datasets.Omniglot(str(self.root), background=name == SETS[0], download=True)
+        except OSError as error:  # URLError, timeouts and refused connections are all OSErrors
+            reason = getattr(error, "reason", None) or error
+            raise FileNotFoundError(
+                f"Omniglot is not in root={self.root} and could not be downloaded ({host}: {reason}). On a machine "
+                f"with internet access, download {urls} and extract them into {self.folder} (or run there with "
+                "download=True and copy the 'omniglot-py' folder)."
+            ) from None
 
 
 def _load_character(folder: Path) -> Tensor:
