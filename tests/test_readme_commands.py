@@ -129,3 +129,10 @@ def test_verbose_lets_lightnings_tips_through(tmp_path, glyph_root):
     result = run(command, ["--trainer.max_steps=1", "--verbose"], tmp_path, glyph_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "💡 Tip" in result.stderr
+
+
+def test_every_config_and_script_the_readme_and_docs_name_exists():
+    pages = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *(ROOT / "docs").glob("*.md")]
+    named = {m for page in pages for m in re.findall(r"(?:--config|python3?) ([\w./-]+\.(?:yaml|py))", page.read_text())}
+    assert len(named) >= 15
+    assert not [path for path in named if not (ROOT / path).exists()]
