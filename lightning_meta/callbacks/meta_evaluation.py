@@ -41,7 +41,7 @@ from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
-from lightning_meta.protocols import HeldOutTasks, require
+from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
 from lightning_meta.utils import run_dir
@@ -210,6 +210,7 @@ class MetaEvaluation(L.Callback):
         self._initial_state: dict[str, Tensor] | None = None
         self._tasks: list[Task] = []
         self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
+        self._counter: CountsMetaSteps | None = None  # a module that is its own meta-learner (MAML), if any
 
     @property
     @override
@@ -229,6 +230,7 @@ class MetaEvaluation(L.Callback):
         self.inner_steps = self.inner_steps or datamodule.inner_steps
         self.batch_size = self.batch_size or datamodule.batch_size
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+        self._counter = pl_module if implements(pl_module, CountsMetaSteps, "MetaEvaluation") else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -257,7 +259,9 @@ class MetaEvaluation(L.Callback):
             self._initial_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def _meta_step(self, trainer: L.Trainer) -> int:
-        return self._meta.meta_steps if self._meta is not None else trainer.global_step
+        if self._meta is not None:
+            return self._meta.meta_steps
+        return self._counter.meta_steps_done(trainer.global_step) if self._counter else trainer.global_step
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -290,7 +294,7 @@ class MetaEvaluation(L.Callback):
         return curves
 
     def _weights(self, step: int) -> str:
-        return f"meta-step {step}" if self._meta else f"after {step} steps"
+        return f"meta-step {step}" if self._meta or self._counter else f"after {step} steps"
 
     def _adapt(
         self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor], weights: str
@@ -347,7 +351,7 @@ class MetaEvaluation(L.Callback):
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
-        label = "meta-learned init (meta-step {})" if self._meta else "weights after {} training steps"
+        label = "meta-learned init (meta-step {})" if self._meta or self._counter else "weights after {} training steps"
         curves = {label.format(step): c for step, c in self.history[-3:]}
         if self.initial is not None:
             curves = {"initial weights": self.initial, **curves}
