@@ -12,15 +12,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import TinyClassifier, ToyFamily, make_trainer
-from test_maml import TinyMAML
+from test_maml import TinyMAML, WithPlainStep
 
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import MetaProgressBar
 from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.optim import LearnedOptimizerTraining
-from lightning_meta.tasks import EpisodeBatch, EpisodeDataModule, TaskDataModule
+from lightning_meta.tasks import EpisodeDataModule, TaskDataModule
 from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics
 from lightning_meta.tasks.schedule import TaskSchedule
 
@@ -124,21 +123,11 @@ def test_the_bar_spans_the_run_in_meta_steps_and_labels_each_held_out_evaluation
     ]  # fmt: skip
 
 
-class HeldOutMAML(TinyMAML):
-    """Trains ordinary batches too, as held-out tasks give them."""
-
-    def training_step(self, batch, batch_idx):
-        if isinstance(batch, EpisodeBatch):
-            return super().training_step(batch, batch_idx)
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-
 def test_maml_counts_one_meta_step_per_training_step_and_its_evaluations_say_so():
     data = EpisodeDataModule(ToyFamily(), inner_steps=1, batch_size=4, meta_batch_size=2, query_size=4)
     bar = RecordingBar()
     trainer = make_trainer([MetaEvaluation(), bar], max_steps=3, limit_val_batches=0, enable_progress_bar=True)
-    trainer.fit(HeldOutMAML(inputs=16, inner_steps=1, inner_lr=0.1), datamodule=data)
+    trainer.fit(WithPlainStep(inputs=16, inner_steps=1, inner_lr=0.1), datamodule=data)
     assert bar.train_progress_bar.desc == "Meta-training: 3/3 meta-steps, task 5: "
     label = "Held-out evaluation, {} (1 test tasks x 1 steps)"
     assert bar.held_out_bars == [[label.format("initial weights"), 1, 1], [label.format("meta-step 3"), 1, 1]]
