@@ -118,9 +118,8 @@ def test_the_bar_spans_the_run_in_meta_steps_and_labels_each_held_out_evaluation
     assert {"meta/task", "meta/step"} <= set(trainer.progress_bar_metrics)  # in the label, not again after the bar
     assert not {"meta/task", "meta/step", "v_num"} & set(bar.get_metrics(trainer, module))
     label = "Held-out evaluation, {} (1 test tasks x 2 steps)"
-    assert bar.held_out_bars == [
-        [label.format("initial weights"), 2, 2], [label.format("meta-step 1"), 2, 2], [label.format("meta-step 2"), 2, 2],
-    ]  # fmt: skip
+    weights = ["initial weights", "meta-step 1", "meta-step 2"]
+    assert bar.held_out_bars == [[label.format(w), 2, 2] for w in weights]
 
 
 def test_maml_counts_one_meta_step_per_training_step_and_its_evaluations_say_so():

@@ -42,11 +42,16 @@ RUN: dict[str, list[str]] = {  # a README command (regular expression) -> what m
     r"lightning-meta fit --config recipes/atari/leap\.yaml": [*ATARI, LOGGING],
     r"lightning-meta fit --config recipes/dynamical_lm/quick\.yaml": [*LANGUAGE_MODEL, LOGGING],
     # the one override that is not a size: the test machine may have no GPU
-    r"lightning-meta fit --config recipes/dynamical_lm/gpu\.yaml": ["--trainer.accelerator=cpu", *LANGUAGE_MODEL, LOGGING],
+    r"lightning-meta fit --config recipes/dynamical_lm/gpu\.yaml": [
+        "--trainer.accelerator=cpu", *LANGUAGE_MODEL, LOGGING,
+    ],
 }  # fmt: skip
 NOT_RUN: dict[str, str] = {
     r"python3 -m venv \.venv": "makes the environment these tests already run in",
-    r"pip install": "installs packages; the tests run in the environment of the checks' command ([all])",
+    r"pip install": (
+        "installs packages (minutes, gigabytes); the tests run in the checks' environment ([all]). The lean install "
+        "of the main job was run by hand in a fresh venv, and the main job in it (README: its time and size)"
+    ),
     r"ruff check|mypy|mkdocs build|pytest": "the checks, which .ci/run runs and of which this test is one",
     r"--trainer\.devices=8 --trainer\.strategy=ddp": "needs 8 GPUs (tests/test_ddp.py runs DDP on 2 CPU processes)",
     r"^srun ": "needs a SLURM cluster",
@@ -133,6 +138,7 @@ def test_verbose_lets_lightnings_tips_through(tmp_path, glyph_root):
 
 def test_every_config_and_script_the_readme_and_docs_name_exists():
     pages = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *(ROOT / "docs").glob("*.md")]
-    named = {m for page in pages for m in re.findall(r"(?:--config|python3?) ([\w./-]+\.(?:yaml|py))", page.read_text())}
+    command = re.compile(r"(?:--config|python3?) ([\w./-]+\.(?:yaml|py))")
+    named = {path for page in pages for path in command.findall(page.read_text())}
     assert len(named) >= 15
     assert not [path for path in named if not (ROOT / path).exists()]
