@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from helpers import TinyClassifier, ToyFamily, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from test_maml import TinyMAML, WithPlainStep
 
 from lightning_meta import Leap, MetaEvaluation
@@ -151,3 +152,17 @@ def test_held_out_progress_without_a_meta_progress_bar_logs_its_label_once(caplo
     assert [r.getMessage() for r in caplog.records if "Held-out" in r.getMessage()] == [
         "Held-out evaluation, meta-step 3"
     ]
+
+
+def test_a_resumed_run_counts_on_from_its_checkpoint(tmp_path):
+    # 2 steps a task, 2 tasks a meta-step: the first run stops after 4 steps (1 meta-step), the second goes to 12
+    data = TaskDataModule(ToyFamily(), inner_steps=2, meta_batch_size=2, batch_size=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    first = make_trainer([Leap(), checkpoint], max_steps=4, enable_checkpointing=True)
+    first.fit(TinyClassifier(), datamodule=data)
+    bar = MetaProgressBar()
+    second = make_trainer([Leap(), bar], max_steps=12, enable_progress_bar=True)
+    second.fit(TinyClassifier(), datamodule=data, ckpt_path=tmp_path / "last.ckpt")
+    train = bar.train_progress_bar
+    assert (train.initial, train.n, train.total) == (4, 12, 12)  # the ETA counts the 8 steps this run takes
+    assert train.desc == "Meta-training: 3/3 meta-steps, task 5: "
