@@ -126,7 +126,7 @@ class MetaCLI(LightningCLI):
         if wandb:
             wandb_offline_without_key()
         for logger in wandb:
-            # Lightning 2.6 passes anonymous=None to wandb.init, which wandb >= 0.19 answers with a warning that the
+            # Lightning 2.6 passes anonymous=None to wandb.init, which wandb (0.31 here) answers with a warning that the
             # setting has no effect; leaving the key out is what None means
             if logger._wandb_init.get("anonymous", "allow") is None:
                 del logger._wandb_init["anonymous"]
