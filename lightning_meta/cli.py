@@ -1,25 +1,65 @@
 """The ``lightning-meta`` command: Lightning's own CLI, so every argument is typed and overridable.
 
+Every run shows a :class:`~lightning_meta.callbacks.MetaProgressBar` (meta-steps of the total, the ETA, a labelled
+line while held-out tasks train) and ends with a :class:`~lightning_meta.callbacks.RunSummary`; it prints nothing a
+user cannot act on (``--verbose`` shows Lightning's tips and the warnings of the libraries again).
+
 Example (shell)::
 
+    lightning-meta --help                                  # the recipes, one command each
     lightning-meta fit --config recipes/omniglot/leap.yaml
     lightning-meta fit --config recipes/omniglot/leap.yaml --trainer.max_steps=2000 --data.batch_size=10
-    lightning-meta fit --help
+    lightning-meta fit --config recipes/omniglot/leap.yaml --print_config   # the resolved config, then exit
+    lightning-meta fit --help                              # every argument
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from jsonargparse import ActionYesNo, DefaultHelpFormatter
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_module
 
+from lightning_meta.callbacks import MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.cli_errors import run_reporting_errors
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
+
+RECIPES = """\
+Meta-learning recipes for PyTorch Lightning. Run from the repository root; each line is one run:
+
+  lightning-meta fit --config recipes/omniglot/leap.yaml --config recipes/omniglot/quick.yaml     # the main job
+  lightning-meta fit --config recipes/omniglot/reptile.yaml --config recipes/omniglot/quick.yaml  # or finetune, scratch
+  lightning-meta fit --config recipes/omniglot/maml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
+  lightning-meta fit --config recipes/omniglot/fomaml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
+  lightning-meta fit --config recipes/vision/leap.yaml --config recipes/vision/quick.yaml    # or finetune, scratch
+  lightning-meta fit --config recipes/atari/quick.yaml           # needs pip install -e ".[atari]"; leap.yaml: GPU
+  lightning-meta fit --config recipes/dynamical_lm/quick.yaml    # gpu.yaml: one GPU
+  lightning-meta fit --config recipes/learned_optimizer/quadratics.yaml
+
+Without quick.yaml the Omniglot and vision configs run at the papers' sizes (for GPUs). Every argument is typed and
+overridable (--trainer.max_steps=100 --data.inner_steps=50). Runs are quiet and end with a summary of the results:
+
+  lightning-meta fit --help                         # every argument of fit (long)
+  lightning-meta fit --config FILE --print_config   # a recipe's resolved config
+  lightning-meta fit --config FILE --verbose        # with Lightning's tips and the libraries' warnings"""
+
+
+class RecipesHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the description's lines kept as written (commands must stay whole)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def wandb_offline_without_key() -> None:
@@ -28,7 +68,18 @@ def wandb_offline_without_key() -> None:
     logged_in = "WANDB_API_KEY" in os.environ or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
     if not logged_in and "WANDB_MODE" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
-        rank_zero_info("lightning-meta: no W&B API key found; W&B (if used) runs offline. `wandb sync` uploads later.")
+        rank_zero_info("lightning-meta: no W&B API key found; W&B runs offline. `wandb sync` uploads later.")
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet() -> None:
+    """Hide what a user of the command cannot act on: Lightning's tips (for its litlogger and litmodels services)
+    and the ``FutureWarning`` that Lightning 2.6's own data loading raises through torch's ``LeafSpec``."""
+    rank_zero_module.log.addFilter(_not_a_tip)  # once: a logger keeps a filter only once
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -42,7 +93,17 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class MetaCLI(LightningCLI):
     """LightningCLI whose ``data`` is a :class:`TaskDataModule` (the default: its ``class_path`` may be left out) or
-    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``)."""
+    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
+
+    Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
+    or another one is configured) and a :class:`~lightning_meta.callbacks.RunSummary`; ``--verbose`` lets Lightning's
+    tips and the libraries' warnings through."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands, without the ``verbose`` argument of ``validate`` and ``test``: ``--verbose`` is
+        ours (their results are printed as by default)."""
+        return {name: skip | {"verbose"} for name, skip in LightningCLI.subcommands().items()}
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
@@ -61,19 +122,61 @@ class MetaCLI(LightningCLI):
         if "://" not in str(path):  # remote files are Lightning's to read
             load_checkpoint(path)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--verbose",
+            action=ActionYesNo,
+            default=False,
+            help="Show Lightning's tips and the warnings of the libraries (hidden by default: nothing to act on).",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        if not self._get(self.config, "verbose", default=False):
+            quiet()
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        wandb = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb:
+            wandb_offline_without_key()
+        for logger in wandb:
+            # Lightning 2.6 passes anonymous=None to wandb.init, which wandb (0.31 here) answers with a warning that the
+            # setting has no effect; leaving the key out is what None means
+            if logger._wandb_init.get("anonymous", "allow") is None:
+                del logger._wandb_init["anonymous"]
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        defaults: list[L.Callback] = []
+        if not any(isinstance(c, RunSummary) for c in configured):
+            defaults.append(RunSummary())
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            defaults.append(MetaProgressBar())
+        self.trainer_defaults["callbacks"] = defaults
+        return super().instantiate_trainer(**kwargs)
+
 
 def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
-    """Run ``lightning-meta``; ``args`` replaces ``sys.argv[1:]`` (handy in notebooks and tests)."""
-    wandb_offline_without_key()
-    return MetaCLI(
-        datamodule_class=TaskDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=ConfigToLoggers,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    """Run ``lightning-meta``; ``args`` replaces ``sys.argv[1:]`` (handy in notebooks, sweeps and tests). What quiet
+    runs hide is hidden during this call only."""
+    with warnings.catch_warnings():
+        if args is not None:  # Lightning warns when a script with arguments of its own passes args, as sweeps do
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+        try:
+            return MetaCLI(
+                datamodule_class=TaskDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=ConfigToLoggers,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": RECIPES, "formatter_class": RecipesHelpFormatter},
+                args=args,
+                run=run,
+            )
+        finally:
+            rank_zero_module.log.removeFilter(_not_a_tip)
 
 
 def command() -> None:

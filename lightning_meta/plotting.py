@@ -6,8 +6,8 @@ Examples:
     >>> from pathlib import Path
     >>> from lightning_meta.plotting import plot_learning_curves
     >>> loss, error = torch.rand(3, 10), torch.rand(3, 10)
-    >>> path = plot_learning_curves({"init": (loss, error)}, Path(tempfile.mkdtemp()) / "curves.png", "toy")
-    >>> path.exists()
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     plot_learning_curves({"init": (loss, error)}, Path(folder) / "curves.png", "toy").exists()
     True
 """
 

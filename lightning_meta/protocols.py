@@ -30,6 +30,8 @@ from torch.optim import Optimizer
 from typing_extensions import get_protocol_members
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lightning_meta.tasks.family import Split, Task
 
 P = TypeVar("P")
@@ -78,6 +80,25 @@ class HeldOutTasks(Protocol):
     batch_size: int
 
     def tasks(self, split: Split) -> list[Task]: ...
+
+
+@runtime_checkable
+class CountsMetaSteps(Protocol):
+    """A module that is its own meta-learner (MAML, learned optimizers): the meta-steps completed after a number of
+    optimizer steps, which :class:`~lightning_meta.callbacks.progress.MetaProgressBar` shows of the run's total (a
+    :class:`~lightning_meta.tasks.schedule.TaskSchedule` has the same method)."""
+
+    def meta_steps_done(self, optimizer_steps: int) -> int: ...
+
+
+@runtime_checkable
+class ReportsResults(Protocol):
+    """A callback or module that evaluates the run (held-out tasks, games, documents): one row per evaluation, and
+    the figure it drew (``None`` before), for the run's summary (:class:`~lightning_meta.callbacks.RunSummary`)."""
+
+    figure: Path | None
+
+    def results(self) -> list[dict[str, str | int | float]]: ...
 
 
 def _missing(obj: object, protocol: type) -> tuple[list[str], list[str]]:

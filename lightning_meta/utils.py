@@ -1,10 +1,12 @@
-"""Small helpers shared by the meta-learners: parameter filters, and calling a user's module without side effects."""
+"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, and
+the folder of a run's files."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -49,10 +51,14 @@ def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[No
             setattr(pl_module, name, method)
 
 
+META_COUNTERS = ("meta/task", "meta/step")
+"""The names :func:`log_meta_progress` logs the counters under."""
+
+
 def log_meta_progress(pl_module: L.LightningModule, task: int, meta_step: int) -> None:
     """Show the meta-learning counters in the progress bar and log them: ``meta/task``, the position in the task
     stream of the task being trained, and ``meta/step``, the meta-steps done."""
-    counters = {"meta/task": float(task), "meta/step": float(meta_step)}
+    counters = dict(zip(META_COUNTERS, (float(task), float(meta_step))))
     pl_module.log_dict(counters, prog_bar=True, on_step=True, on_epoch=False)
 
 
@@ -62,3 +68,28 @@ def training_loss(output: Any) -> Tensor:
     if not isinstance(loss, Tensor):
         raise TypeError(f"training_step must return a loss tensor or a dict with 'loss', got {type(output).__name__}")
     return loss
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The versioned folder of a run's files, the one its ``ModelCheckpoint`` puts ``checkpoints/`` in:
+    ``<save_dir>/<name>/version_<n>`` for the CSV and TensorBoard loggers, ``<save_dir>/<project>/<run id>`` for W&B
+    (and any logger with a ``save_dir``, ``name`` and ``version``), ``default_root_dir`` without a logger. The next
+    run gets a new folder, so figures written here are never overwritten. Call it on every process: under DDP rank
+    0's answer is broadcast.
+
+    Examples:
+        >>> import lightning as L
+        >>> run_dir(L.Trainer(logger=False, default_root_dir="outputs/toy"))
+        PosixPath('outputs/toy')
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # here: the engine imports this module
+
+    if not trainer.loggers:
+        folder = Path(trainer.default_root_dir)
+    elif isinstance(logger := trainer.loggers[0], (CSVLogger, TensorBoardLogger)):
+        folder = Path(logger.log_dir)
+    else:
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        parts = [str(part) for part in (logger.name, version) if part]
+        folder = Path(logger.save_dir or trainer.default_root_dir, *parts)
+    return trainer.strategy.broadcast(folder)

@@ -1,4 +1,5 @@
-"""Test-wide settings: offline W&B, no stray logs, the test helpers importable."""
+"""Test-wide settings: offline W&B, no stray logs (each test's files in its own ``tmp_path``, which pytest removes
+when the test passes), the test helpers importable."""
 
 import os
 import sys
@@ -19,3 +20,12 @@ def glyph_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("glyphs"))
     GlyphAlphabets(root=root).prepare_data()
     return root
+
+
+@pytest.fixture(autouse=True)
+def trainer_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``make_trainer`` writes into the test's ``tmp_path``: nothing is left behind in /tmp."""
+    import helpers
+
+    monkeypatch.setattr(helpers, "TRAINER_ROOT", tmp_path)
+    return tmp_path

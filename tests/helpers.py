@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -75,13 +75,17 @@ class TinyClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+TRAINER_ROOT: Path | None = None
+"""Where :func:`make_trainer` puts a run's files: each test's own ``tmp_path`` (set by conftest's autouse fixture)."""
+
+
 def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:
     kwargs.setdefault("logger", False)
-    kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="lightning-meta-test-"))
+    kwargs.setdefault("default_root_dir", TRAINER_ROOT)
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("enable_progress_bar", False)
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks,
-        enable_progress_bar=False, enable_model_summary=False, **kwargs,
+        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks, enable_model_summary=False, **kwargs
     )
 
 

@@ -59,7 +59,7 @@ def test_missing_rom_says_where_roms_come_from(tmp_path, monkeypatch):
 def test_missing_packages_name_the_extra(monkeypatch):
     for name in ("gymnasium", "ale_py", "cv2"):
         monkeypatch.setitem(sys.modules, name, None)  # `import gymnasium` now raises ImportError
-    with pytest.raises(ImportError, match=r"gymnasium is missing\): run `pip install lightning-meta\[atari\]`"):
+    with pytest.raises(ImportError, match=r"gymnasium is missing\): run `pip install -e \".\[atari\]\"`"):
         make_vector_env("Pong", num_envs=1)
     for name in [name for name in sys.modules if name.startswith("lightning_meta")]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh below, without the Atari packages

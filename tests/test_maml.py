@@ -245,14 +245,17 @@ def test_fomaml_and_maml_fit_lower_the_held_out_query_loss():
         assert after < before - 0.05, (first_order, before, after)
 
 
-def test_plain_batches_go_to_the_module_s_own_training_step():
-    class WithPlainStep(TinyMAML):
-        def training_step(self, batch, batch_idx):
-            if isinstance(batch, EpisodeBatch):
-                return super().training_step(batch, batch_idx)
-            x, y = batch
-            return F.cross_entropy(self(x), y)
+class WithPlainStep(TinyMAML):
+    """Trains ordinary ``(x, y)`` batches too, as held-out tasks give them."""
 
+    def training_step(self, batch, batch_idx):
+        if isinstance(batch, EpisodeBatch):
+            return super().training_step(batch, batch_idx)
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+def test_plain_batches_go_to_the_module_s_own_training_step():
     model = WithPlainStep(inner_steps=1)
     loss = model.training_step((torch.randn(5, 4), torch.zeros(5, dtype=torch.long)), 0)
     assert loss.ndim == 0

@@ -1,10 +1,21 @@
-"""Trajectory meta-learners as Lightning callbacks."""
+"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, summary."""
 
 from lightning_meta.callbacks.atari_evaluation import AtariEvaluation
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.leap import Leap
 from lightning_meta.callbacks.meta_evaluation import MetaEvaluation
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.callbacks.progress import MetaProgressBar
 from lightning_meta.callbacks.reptile import Reptile
+from lightning_meta.callbacks.summary import RunSummary
 
-__all__ = ["AtariEvaluation", "HeldOutEarlyStopping", "Leap", "MetaEvaluation", "MetaInit", "Reptile"]
+__all__ = [
+    "AtariEvaluation",
+    "HeldOutEarlyStopping",
+    "Leap",
+    "MetaEvaluation",
+    "MetaInit",
+    "MetaProgressBar",
+    "Reptile",
+    "RunSummary",
+]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,10 +34,12 @@ from torch import Tensor
 
 from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_return_curves
 from lightning_meta.tasks.atari_data import AtariDataModule
 from lightning_meta.tasks.rollouts import Rollout
+from lightning_meta.utils import run_dir
 
 # (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
 HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
@@ -58,6 +61,11 @@ def running_returns(episodes: list[tuple[int, float]], grid: Tensor, window: int
     return torch.tensor(values, dtype=torch.float64)
 
 
+def updates_per_run(data: AtariDataModule, env_steps: int) -> int:
+    """Updates (rollouts of ``unroll`` steps of ``num_envs`` games) that make ``env_steps`` agent steps, rounded up."""
+    return -(-env_steps // (data.settings.unroll * data.settings.num_envs))
+
+
 def train_on_game(
     pl_module: L.LightningModule,
     state: dict[str, Tensor],
@@ -66,15 +74,16 @@ def train_on_game(
     env_steps: int,
     seed: int,
     device: torch.device | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> list[tuple[int, float]]:
     """Train a copy of ``pl_module`` from ``state`` on ``game`` for ``env_steps`` agent steps (on ``device``, default
-    the module's); return its episodes as ``(step count at the end of the rollout, raw return)``. The module and the
-    global RNG are left untouched."""
+    the module's; ``progress`` is called after every update); return its episodes as ``(step count at the end of the
+    rollout, raw return)``. The module and the global RNG are left untouched."""
     collector = data.make_collector(seed)
     episodes: list[tuple[int, float]] = []
-    updates = -(-env_steps // (collector.unroll * collector.num_envs))
+    updates = updates_per_run(data, env_steps)
     try:
-        with HeldOutTraining(pl_module, device or pl_module.device) as run:
+        with HeldOutTraining(pl_module, device or pl_module.device, progress) as run:
             run.start(state, seed)
             for update in range(updates):
                 rollout = Rollout(evaluation_task(seed), game, data.games.num_actions(game), source=collector)
@@ -108,8 +117,8 @@ class AtariEvaluation(L.Callback):
         window: episodes averaged into each point of a curve.
         normalization: ``"human"`` (random 0, human 1) or ``"raw"`` (game score).
         scores: ``{game: (random score, human score)}`` for games missing from :data:`HUMAN_SCORES`.
-        plot_path: where to write the PNG (default: ``<log_dir>/atari_evaluation.png``; the curves go beside it as
-            JSON).
+        plot_path: where to write the PNG (default: ``atari_evaluation.png`` in the run's versioned folder,
+            :func:`~lightning_meta.utils.run_dir`; the curves go beside it as JSON).
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class AtariEvaluation(L.Callback):
         self.scores = {**HUMAN_SCORES, **(scores or {})}
         self.plot_path = plot_path
         self.curves: dict[str, dict[str, Tensor]] = {}  # {game: {encoder: normalised returns [seeds, points]}}
+        self.figure: Path | None = None  # the PNG, once written
         self.steps = torch.linspace(env_steps / points, env_steps, points)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -166,7 +176,7 @@ class AtariEvaluation(L.Callback):
         trainer.strategy.barrier("atari_evaluation")
 
     def _plot_path(self, trainer: L.Trainer) -> Path:
-        return Path(self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / "atari_evaluation.png")
+        return Path(self.plot_path or run_dir(trainer) / "atari_evaluation.png")
 
     def evaluate(
         self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path | None = None
@@ -178,32 +188,45 @@ class AtariEvaluation(L.Callback):
         meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
         learned = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
         label = "meta-learned encoder" if meta is not None else "trained encoder"
-        for game in data.games.games("test"):
-            runs: dict[str, list[Tensor]] = {label: [], "random encoder": []}
-            for seed in self.seeds:
-                for name, state in ((label, learned), ("random encoder", random_state(pl_module, seed))):
-                    rank_zero_info(f"AtariEvaluation: {game}, {name}, seed {seed}: {self.env_steps} steps")
-                    device = trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
-                    episodes = train_on_game(pl_module, state, data, game, self.env_steps, seed, device)
-                    runs[name].append(self.normalise(game, running_returns(episodes, self.steps, self.window)))
-            self.curves[game] = {name: torch.stack(curves) for name, curves in runs.items()}
+        games = data.games.games("test")
+        sizes = f"{len(games)} games x {len(self.seeds)} seeds x 2 encoders, {self.env_steps} steps each"
+        title = f"Held-out games ({sizes})"
+        total = len(games) * 2 * len(self.seeds) * updates_per_run(data, self.env_steps)
+        device = trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
+        with held_out_progress(trainer, title, total) as advance:
+            for game in games:
+                runs: dict[str, list[Tensor]] = {label: [], "random encoder": []}
+                for seed in self.seeds:
+                    for name, state in ((label, learned), ("random encoder", random_state(pl_module, seed))):
+                        episodes = train_on_game(pl_module, state, data, game, self.env_steps, seed, device, advance)
+                        runs[name].append(self.normalise(game, running_returns(episodes, self.steps, self.window)))
+                self.curves[game] = {name: torch.stack(curves) for name, curves in runs.items()}
         self._log(trainer, path or self._plot_path(trainer))
         return self.curves
 
-    def _log(self, trainer: L.Trainer, path: Path) -> None:
-        metrics = {}
+    def results(self) -> list[dict[str, str | int | float]]:
+        """One row per held-out game and encoder, for the run's summary: the final return and the AUC of the mean
+        curve over seeds (NaN where no episode ended)."""
+        rows: list[dict[str, str | int | float]] = []
         for game, runs in self.curves.items():
             for name, returns in runs.items():
-                key = f"atari_eval/{game}/{name.replace(' ', '_')}"
                 mean = returns.nanmean(0)
-                metrics[f"{key}/final_return"] = float(mean[-1])
-                metrics[f"{key}/return_auc"] = (
-                    float(curve_auc(mean[~mean.isnan()])) if (~mean.isnan()).any() else math.nan
-                )
+                ended = mean[~mean.isnan()]
+                auc = float(curve_auc(ended)) if len(ended) else math.nan
+                row: dict[str, str | int | float] = {"game": game, "encoder": name, "seeds": returns.shape[0]}
+                rows.append({**row, "final_return": float(mean[-1]), "return_auc": auc})
+        return rows
+
+    def _log(self, trainer: L.Trainer, path: Path) -> None:
+        metrics = {
+            f"atari_eval/{row['game']}/{str(row['encoder']).replace(' ', '_')}/{key}": float(row[key])
+            for row in self.results()
+            for key in ("final_return", "return_auc")
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         ylabel = "human-normalised return" if self.normalization == "human" else "return (game score)"
-        plot_return_curves(self.curves, self.steps, path, ylabel)
+        self.figure = plot_return_curves(self.curves, self.steps, path, ylabel)
         log_image(trainer.loggers, "atari_eval/learning_curves", path, trainer.global_step)
         curves = {game: {label: r.tolist() for label, r in runs.items()} for game, runs in self.curves.items()}
         table = {

@@ -28,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -64,12 +65,17 @@ class HeldOutTraining:
     """A context in which a copy of ``pl_module`` on ``device`` trains held-out tasks, one after the other.
 
     Inside it, :meth:`start` begins a task from given weights with a fresh optimizer, :meth:`step` takes one
-    training step; ``model`` is the copy. On exit the RNG streams are back where they were.
+    training step (and calls ``progress``, e.g. to advance a bar of
+    :func:`~lightning_meta.callbacks.progress.held_out_progress`); ``model`` is the copy. On exit the RNG streams are
+    back where they were.
     """
 
-    def __init__(self, pl_module: L.LightningModule, device: torch.device) -> None:
+    def __init__(
+        self, pl_module: L.LightningModule, device: torch.device, progress: Callable[[], None] | None = None
+    ) -> None:
         self.pl_module = pl_module
         self.device = device
+        self.progress = progress
         self._stack = ExitStack()
 
     def __enter__(self) -> HeldOutTraining:
@@ -105,4 +111,6 @@ class HeldOutTraining:
         self.optimizer.step()
         for scheduler in self.schedulers:
             scheduler.step()
+        if self.progress is not None:
+            self.progress()
         return loss.detach()

@@ -27,7 +27,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -44,12 +44,14 @@ from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
+from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.engine import MetaTrainingDiverged
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
-from lightning_meta.protocols import HeldOutTasks, require
+from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.utils import run_dir
 
 SCORING_BATCH = 1024
 """Images per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
@@ -99,6 +101,7 @@ def adapt(
     indices: Sequence[int] | None = None,
     early_stopping: HeldOutEarlyStopping | None = None,
     device: torch.device | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
@@ -107,13 +110,14 @@ def adapt(
     seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
     which other tasks are evaluated with it. ``early_stopping``: see
     :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
-    (default: the module's; at the end of fit Lightning has already moved the module to the CPU).
+    (default: the module's; at the end of fit Lightning has already moved the module to the CPU). ``progress`` is
+    called after every training step.
     """
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
         return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(3, 0))
     device = device or pl_module.device
     losses, errors, accuracies, train_accuracies, steps = [], [], [], [], []
-    with HeldOutTraining(pl_module, device) as run:
+    with HeldOutTraining(pl_module, device, progress) as run:
         model = run.model
         hook = _LogitsHook(model)
         for index, task in zip(indices if indices is not None else range(len(tasks)), tasks):
@@ -176,7 +180,8 @@ class MetaEvaluation(L.Callback):
         batch_statistics: score held-out images with BatchNorm using their own batch statistics (the usual
             transductive few-shot protocol); ``False`` uses eval mode, whose running statistics are still far from
             converged after a few dozen steps on a new task.
-        plot_path: where to write the PNG (default: ``<log_dir>/meta_evaluation_<split>.png``).
+        plot_path: where to write the PNG (default: ``meta_evaluation_<split>.png`` in the run's versioned folder,
+            :func:`~lightning_meta.utils.run_dir`).
         early_stopping: stop each held-out task when the error on a validation split of its training images stops
             improving (``None``: every task trains ``inner_steps`` steps).
         worse_than_start: stop meta-training (:class:`~lightning_meta.engine.MetaTrainingDiverged`) when theta_0's
@@ -216,9 +221,11 @@ class MetaEvaluation(L.Callback):
         self.sound_at = 0  # the global step of the last evaluation that found theta_0 no worse than the start
         self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
         self.initial: HeldOutCurves | None = None
+        self.figure: Path | None = None  # the PNG, once written
         self._initial_state: dict[str, Tensor] | None = None
         self._tasks: list[Task] = []
         self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
+        self._counter: CountsMetaSteps | None = None  # a module that is its own meta-learner (MAML), if any
 
     @property
     @override
@@ -238,6 +245,7 @@ class MetaEvaluation(L.Callback):
         self.inner_steps = self.inner_steps or datamodule.inner_steps
         self.batch_size = self.batch_size or datamodule.batch_size
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+        self._counter = pl_module if implements(pl_module, CountsMetaSteps, "MetaEvaluation") else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -268,7 +276,9 @@ class MetaEvaluation(L.Callback):
             self._initial_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def _meta_step(self, trainer: L.Trainer) -> int:
-        return self._meta.meta_steps if self._meta is not None else trainer.global_step
+        if self._meta is not None:
+            return self._meta.meta_steps
+        return self._counter.meta_steps_done(trainer.global_step) if self._counter else trainer.global_step
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -291,14 +301,11 @@ class MetaEvaluation(L.Callback):
         meta = self._meta
         state = meta.init_state_dict(pl_module) if meta is not None else pl_module.state_dict()
         if self.initial is None and self._initial_state is not None:
-            self.initial = self._adapt(trainer, pl_module, self._initial_state)
+            self.initial = self._adapt(trainer, pl_module, self._initial_state, "initial weights")
             self._initial_state = None  # the curves are all a resumed run needs now
             self._log(trainer, "initial", self.initial)
         step = self._meta_step(trainer)
-        rank_zero_info(
-            f"MetaEvaluation: {len(self._tasks)} {self.split} tasks x {self.inner_steps} steps, meta-step {step}"
-        )
-        curves = self._adapt(trainer, pl_module, state)
+        curves = self._adapt(trainer, pl_module, state, self._weights(step))
         self.history.append((step, curves))
         self._log(trainer, "meta_init", curves)
         self._check_progress(trainer, step, curves)
@@ -323,23 +330,31 @@ class MetaEvaluation(L.Callback):
         )
         raise with_resume_hint(error, trainer, saved_by=self.sound_at)
 
-    def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor]) -> HeldOutCurves:
+    def _weights(self, step: int) -> str:
+        return f"meta-step {step}" if self._meta or self._counter else f"after {step} steps"
+
+    def _adapt(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor], weights: str
+    ) -> HeldOutCurves:
         """Under DDP, process ``r`` adapts tasks ``r, r + world_size, ...`` and the curves are gathered on all."""
         assert self.inner_steps is not None and self.batch_size is not None
         world_size, rank = trainer.world_size, trainer.global_rank
         indices = list(range(rank, len(self._tasks), world_size))
-        mine = adapt(
-            pl_module,
-            state,
-            [self._tasks[i] for i in indices],
-            self.inner_steps,
-            self.batch_size,
-            self.seed,
-            self.batch_statistics,
-            indices,
-            self.early_stopping,
-            trainer.strategy.root_device,  # not the module's: Lightning moves it to the CPU before on_fit_end
-        )
+        label = f"Held-out evaluation, {weights} ({len(self._tasks)} {self.split} tasks x {self.inner_steps} steps)"
+        with held_out_progress(trainer, label, len(indices) * self.inner_steps) as advance:
+            mine = adapt(
+                pl_module,
+                state,
+                [self._tasks[i] for i in indices],
+                self.inner_steps,
+                self.batch_size,
+                self.seed,
+                self.batch_statistics,
+                indices,
+                self.early_stopping,
+                trainer.strategy.root_device,  # not the module's: Lightning moves it to the CPU before on_fit_end
+                advance,
+            )
         if world_size == 1:
             return mine
         return HeldOutCurves(*(self._gather(trainer, getattr(mine, part.name)) for part in fields(mine)))
@@ -360,19 +375,26 @@ class MetaEvaluation(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _plot_path(self, trainer: L.Trainer) -> Path:
-        return Path(
-            self.plot_path or Path(trainer.log_dir or trainer.default_root_dir) / f"meta_evaluation_{self.split}.png"
-        )
+        return Path(self.plot_path or run_dir(trainer) / f"meta_evaluation_{self.split}.png")
+
+    def results(self) -> list[dict[str, str | int | float]]:
+        """One row per evaluation, for the run's summary: the weights the run started from (``step`` 0), then
+        theta_0 at each evaluated meta-step (the module's weights at each training step without a meta-learner);
+        the means over the held-out tasks of :meth:`HeldOutCurves.summary`."""
+        evaluated = [("initial weights", 0, self.initial)] if self.initial is not None else []
+        evaluated += [(self._weights(step), step, curves) for step, curves in self.history]
+        shared = {"split": self.split, "tasks": len(self._tasks), "steps_per_task": self.inner_steps or 0}
+        return [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
-        label = "meta-learned init (meta-step {})" if self._meta else "weights after {} training steps"
+        label = "meta-learned init (meta-step {})" if self._meta or self._counter else "weights after {} training steps"
         curves = {label.format(step): c for step, c in self.history[-3:]}
         if self.initial is not None:
             curves = {"initial weights": self.initial, **curves}
         path = path or self._plot_path(trainer)
         title = f"{len(self._tasks)} held-out {self.split} tasks"
-        plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
+        self.figure = plot_learning_curves({k: (c.loss, c.error) for k, c in curves.items()}, path, title)
         log_image(trainer.loggers, f"meta_eval/{self.split}/learning_curves", path, trainer.global_step)
         rank_zero_info(f"MetaEvaluation: learning curves written to {path}")
         return path

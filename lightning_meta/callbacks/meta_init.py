@@ -406,7 +406,7 @@ class MetaInit(L.Callback):
         directory = getattr(checkpoint, "dirpath", None)
         if self.final_checkpoint and directory is not None:
             path = Path(directory) / FINAL_CHECKPOINT
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole meta-state: a run resumes from it
             rank_zero_info(f"{type(self).__name__}: theta_0 written to {path}")
 
     # ----------------------------------------------------------------- checkpoints

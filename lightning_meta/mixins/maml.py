@@ -164,6 +164,10 @@ class MAMLMixin:
         carry that many support batches by default (:class:`~lightning_meta.protocols.FixedInnerSteps`)."""
         return self.maml.inner_steps
 
+    def meta_steps_done(self, optimizer_steps: int) -> int:
+        """One training step is one meta-step (:class:`~lightning_meta.protocols.CountsMetaSteps`)."""
+        return optimizer_steps
+
     def configure_inner_optimizer(self) -> torch.optim.Optimizer:
         """The inner loop as a ``torch.optim`` optimizer (SGD at ``inner_lr`` over the adapted parameters)."""
         params = dict(self._as_module().named_parameters())
@@ -295,7 +299,7 @@ class MAMLMixin:
         result = self.maml_loss(batch)
         self._log_result("train", result, batch)
         module = self._as_module()
-        log_meta_progress(module, batch.tasks[-1], module.global_step)
+        log_meta_progress(module, batch.tasks[-1], self.meta_steps_done(module.global_step))
         return result.loss
 
     @torch.inference_mode(False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 import lightning as L
@@ -88,6 +89,10 @@ class LearnedOptimizerTraining(L.LightningModule):
         window = self.hparams["truncation"] or self.hparams["unroll_steps"]
         return -(-self.hparams["unroll_steps"] // window)
 
+    def meta_steps_done(self, optimizer_steps: int) -> int:
+        """Every truncation window is a meta-step (:class:`~lightning_meta.protocols.CountsMetaSteps`)."""
+        return optimizer_steps
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams["meta_lr"])
 
@@ -138,14 +143,39 @@ class LearnedOptimizerTraining(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
             self.log("meta_loss", total.detach(), prog_bar=True)
-        log_meta_progress(self, batch.tasks[-1], self.global_step)
-        final = torch.stack(
-            [
-                self.loss_fn(
-                    torch.func.functional_call(self.optimizee, s.params, (batch.support_inputs[t, -1],)),
-                    batch.support_targets[t, -1],
-                ).detach()
-                for t, s in enumerate(states)
-            ]
-        )
-        self.log("final_optimizee_loss", final.mean())
+        log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+        self.log("final_optimizee_loss", self._final_loss(states, batch))
+
+    def _final_loss(self, states: list[UnrollState], batch: EpisodeBatch) -> Tensor:
+        """The mean optimizee loss at the end of the unroll, on each episode's last support batch."""
+        final = [
+            self.loss_fn(
+                torch.func.functional_call(self.optimizee, s.params, (batch.support_inputs[t, -1],)),
+                batch.support_targets[t, -1],
+            ).detach()
+            for t, s in enumerate(states)
+        ]
+        return torch.stack(final).mean()
+
+    @torch.inference_mode(False)
+    @torch.enable_grad()
+    def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
+        """The learned optimizer trains the optimizees of held-out episodes for ``unroll_steps`` steps (first order,
+        no meta-update; the optimizee inits drawn without touching the training run's RNG): ``val/meta_loss``, the
+        mean loss along the unroll, and ``val/final_optimizee_loss``. Runs under the Trainer's ``inference_mode``."""
+        # tensors made under inference mode cannot enter autograd: clone them out of it
+        inputs, targets = batch.support_inputs.clone(), batch.support_targets.clone()
+        batch = replace(batch, support_inputs=inputs, support_targets=targets)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            states = [self._start() for _ in range(len(batch))]
+        losses = []
+        steps = self.hparams["unroll_steps"]
+        for t, state in enumerate(states):
+            states[t], loss = unroll(
+                self.net, self.optimizee, self.loss_fn, state, inputs[t], targets[t], 0, steps, first_order=True
+            )
+            losses.append(loss.detach())
+        meta_loss = torch.stack(losses).mean()
+        self.log("val/meta_loss", meta_loss, prog_bar=True, batch_size=len(batch))
+        self.log("val/final_optimizee_loss", self._final_loss(states, batch), batch_size=len(batch))
+        return meta_loss

@@ -79,9 +79,11 @@ def read_documents(
     segment: int,
     pattern: str,
     optimizer: OptimizerFactory | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`read_document` on each document: ``(bits, sizes)``, both ``[documents, segments of the longest]``
-    with the bits and the bytes of every segment (zeros past a document's end).
+    """:func:`read_document` on each document (calling ``progress`` after each): ``(bits, sizes)``, both
+    ``[documents, segments of the longest]`` with the bits and the bytes of every segment (zeros past a document's
+    end).
 
     Examples:
         >>> model = ByteLSTM(hidden_size=8, num_layers=1)
@@ -90,7 +92,11 @@ def read_documents(
         >>> sizes.tolist()
         [[4, 1, 0], [4, 4, 4]]
     """
-    bits = [read_document(model, inputs, targets, segment, pattern, optimizer) for _, inputs, targets in documents]
+    bits = []
+    for _, inputs, targets in documents:
+        bits.append(read_document(model, inputs, targets, segment, pattern, optimizer))
+        if progress is not None:
+            progress()
     sizes = [torch.tensor([len(y) for y in targets.split(segment)]) for _, _, targets in documents]
     pad = nn.utils.rnn.pad_sequence
     return pad([b.cpu() for b in bits], batch_first=True), pad(sizes, batch_first=True)
@@ -113,13 +119,19 @@ def position_curve(bits: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def choose_sgd_lr(
-    model: ByteLSTM, documents: Sequence[Document], segment: int, pattern: str, lrs: Sequence[float]
+    model: ByteLSTM,
+    documents: Sequence[Document],
+    segment: int,
+    pattern: str,
+    lrs: Sequence[float],
+    progress: Callable[[], None] | None = None,
 ) -> tuple[float, dict[float, float]]:
     """The SGD learning rate of dynamic evaluation with the fewest bits per byte on ``documents`` (validation
-    documents), and the bits per byte of every candidate (a diverging one counts as infinite)."""
+    documents), and the bits per byte of every candidate (a diverging one counts as infinite); ``progress`` is
+    called after each document read."""
     scores = {}
     for lr in lrs:
-        score = bits_per_byte(*read_documents(model, documents, segment, pattern, sgd(lr)))
+        score = bits_per_byte(*read_documents(model, documents, segment, pattern, sgd(lr), progress))
         scores[lr] = score if math.isfinite(score) else math.inf
     return min(scores, key=lambda lr: scores[lr]), scores
 

@@ -53,6 +53,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.func import functional_call
 
+from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
@@ -68,7 +69,7 @@ from lightning_meta.recipes.dynamic_evaluation import (
 )
 from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.document_data import DocumentBatch, DocumentDataModule
-from lightning_meta.utils import log_meta_progress
+from lightning_meta.utils import log_meta_progress, run_dir
 
 SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
 INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
@@ -136,6 +137,8 @@ class DynamicalLanguageModel(L.LightningModule):
         self.pretrained = copy.deepcopy(self.lm).requires_grad_(False)  # the LM when meta-training began
         self.net = net or CoordinatewiseLSTM()
         self.automatic_optimization = False
+        self.figure: Path | None = None  # the figure of the held-out reading, once written
+        self._results: list[dict[str, Any]] = []
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -144,6 +147,10 @@ class DynamicalLanguageModel(L.LightningModule):
         if data is None:
             raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
         return -(-data.inner_steps // self.hparams["truncation"])
+
+    def meta_steps_done(self, optimizer_steps: int) -> int:
+        """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
+        return max(0, optimizer_steps - self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch)
 
     def setup(self, stage: str) -> None:
         if self.trainer.world_size > 1:
@@ -221,12 +228,12 @@ class DynamicalLanguageModel(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
             self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
-        meta_steps = max(0, self.global_step - self.hparams["pretrain_batches"] * windows)
-        log_meta_progress(self, batch.tasks[-1], meta_steps)
+        log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
 
     def on_fit_end(self) -> None:
+        folder = run_dir(self.trainer)  # on every process: a collective under DDP
         if self.hparams["evaluate"] and self.trainer.is_global_zero:
-            self.evaluate_held_out(Path(self.trainer.log_dir or self.trainer.default_root_dir) / "dynamical_lm.png")
+            self.evaluate_held_out(folder / "dynamical_lm.png")
 
     @torch.inference_mode(False)
     def evaluate_held_out(self, path: Path) -> list[dict[str, Any]]:
@@ -246,26 +253,35 @@ class DynamicalLanguageModel(L.LightningModule):
         pattern, segment = self.hparams["dynamic"], data.segment
         net = copy.deepcopy(self.net).to(device)
         rows, curves, documents = [], {}, torch.zeros(0)
-        for key, model in (("before_meta", self.pretrained), ("meta_init", self.lm)):
-            model = copy.deepcopy(model).to(device)
-            rank_zero_info(f"DynamicalLanguageModel: choosing the SGD learning rate of the {INITS[key]}")
-            lr, scores = choose_sgd_lr(model, held_out["val"], segment, pattern, self.hparams["sgd_lrs"])
-            updaters: dict[str, tuple[OptimizerFactory | None, dict[str, Any]]] = {
-                "static": (None, {}),
-                "sgd": (sgd(lr), {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}),
-            }
-            if key == "meta_init":
-                updaters["learned"] = (partial(LearnedOptimizer, net=net), {})
-            for updater, (factory, extra) in updaters.items():
-                rank_zero_info(f"DynamicalLanguageModel: reading the test documents, {INITS[key]}, {updater}")
-                bits, sizes = read_documents(model, held_out["test"], segment, pattern, factory)
-                curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
-                horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
-                row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
-                row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
-                rows.append({**row, "bytes": int(sizes.sum()), "documents": len(held_out["test"]), **extra})
+        lrs, val, test = self.hparams["sgd_lrs"], held_out["val"], held_out["test"]
+        label = f"Reading the held-out documents ({len(val)} validation, {len(test)} test)"
+        reads = 2 * len(lrs) * len(val) + 5 * len(test)  # SGD rates on validation, 2 + 3 updaters on test
+        with held_out_progress(self.trainer, label, reads) as advance:
+            for key, model in (("before_meta", self.pretrained), ("meta_init", self.lm)):
+                model = copy.deepcopy(model).to(device)
+                lr, scores = choose_sgd_lr(model, val, segment, pattern, lrs, advance)
+                updaters: dict[str, tuple[OptimizerFactory | None, dict[str, Any]]] = {
+                    "static": (None, {}),
+                    "sgd": (sgd(lr), {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}),
+                }
+                if key == "meta_init":
+                    updaters["learned"] = (partial(LearnedOptimizer, net=net), {})
+                for updater, (factory, extra) in updaters.items():
+                    bits, sizes = read_documents(model, test, segment, pattern, factory, advance)
+                    curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
+                    horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
+                    row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
+                    row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
+                    rows.append({**row, "bytes": int(sizes.sum()), "documents": len(test), **extra})
         self._report(rows, curves, documents, segment, data.inner_steps + 1, path)
+        self._results = rows
         return rows
+
+    def results(self) -> list[dict[str, str | int | float]]:
+        """The rows of the held-out reading's table (see :meth:`evaluate_held_out`) for the run's summary: bits per
+        byte of each init and updater, overall and over the trained horizon (empty before the reading)."""
+        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "documents")
+        return [{c: row[c] for c in columns if c in row} for row in self._results]
 
     def _report(
         self,
@@ -311,6 +327,6 @@ class DynamicalLanguageModel(L.LightningModule):
             "bytes, positions that at least two documents reach"
         )
         horizon = ("trained horizon", trained_segments * segment)
-        plot_position_curves(panels, positions, path, title, mark=horizon)
+        self.figure = plot_position_curves(panels, positions, path, title, mark=horizon)
         log_image(self.trainer.loggers, "test/bits_per_byte_by_position", path, self.global_step)
         rank_zero_info(f"DynamicalLanguageModel: table {path.with_suffix('.csv')}, figure {path}")

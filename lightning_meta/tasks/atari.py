@@ -1,8 +1,8 @@
 """Atari games as tasks: the games of the Arcade Learning Environment (ale-py) behind gymnasium, preprocessed as in
 Mnih et al. (grey 84x84 frames, 4 stacked, each action repeated for 4 frames, up to 30 no-ops at reset).
 
-Needs the optional dependencies (``pip install lightning-meta[atari]``: gymnasium, ale-py, which ships the ROMs, and
-OpenCV for the resizing); ``lightning_meta`` itself imports without them. Games use the minimal action set
+Needs the optional dependencies (``pip install -e ".[atari]"`` in the clone: gymnasium, ale-py, which ships the ROMs,
+and OpenCV for the resizing); ``lightning_meta`` itself imports without them. Games use the minimal action set
 (``full_action_space=False``, gymnasium's default for ``ALE/<Game>-v5``), so action spaces differ between games.
 
 Examples:
@@ -24,7 +24,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any, Literal
 
-INSTALL = "pip install lightning-meta[atari]"
+INSTALL = 'pip install -e ".[atari]"'  # from the clone: the package is not on an index
 
 # The Atari-57 games of the ALE benchmark with a minimal action set of at most 10 actions, less the held-out ones.
 META_TRAINING_GAMES = (
@@ -46,6 +46,7 @@ def require_atari() -> ModuleType:
             f"The Atari recipe needs gymnasium, ale-py and OpenCV ({error.name or error} is missing): run `{INSTALL}`."
         ) from error
     gym.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)  # no banner (version, "Powered by Stella") per game
     return gym
 
 

@@ -96,6 +96,18 @@ class TaskSchedule:
         """Whether ``step`` (the number of optimizer steps taken) completes a task."""
         return (step - self.origin_step) % self.inner_steps == 0
 
+    def meta_steps_done(self, optimizer_steps: int) -> int:
+        """Meta-steps completed once this process has taken ``optimizer_steps`` optimizer steps: one per meta-batch of
+        ``meta_batch_size`` tasks of the stream (the progress bar counts them with it).
+
+        Examples:
+            >>> schedule = TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1)
+            >>> [schedule.meta_steps_done(step) for step in (19, 20, 39, 40)]  # 2 tasks of 10 steps per process
+            [0, 1, 1, 2]
+        """
+        tasks = self.origin_task % self.meta_batch_size + self.local_task(optimizer_steps)
+        return self.origin_task // self.meta_batch_size + tasks // self.tasks_per_process
+
     def resumed_from(self, saved: TaskSchedule, tasks_in_batch: int, step: int) -> TaskSchedule:
         """This schedule, continuing the stream where a run with schedule ``saved`` stopped after ``step`` local
         optimizer steps with ``tasks_in_batch`` tasks of its meta-batch done; on any number of processes.

@@ -8,7 +8,8 @@ steps), its test split is held out. All images are converted to one size and cha
 - any ``ImageFolder`` tree, named in ``image_folders`` (a seeded ``test_fraction`` of each class is held out);
 - embedded stand-ins that need no download: ``glyphs/<alphabet>`` (one alphabet of
   :class:`~lightning_meta.tasks.GlyphAlphabets`, all its characters as classes, 15 drawers to train on and 5 held
-  out) and ``digits`` (scikit-learn's 8x8 handwritten digits, upscaled; ``pip install 'lightning-meta[vision]'``).
+  out) and ``digits`` (scikit-learn's 8x8 handwritten digits, upscaled; ``pip install -e ".[vision]"`` in the
+  clone).
 
 Examples:
     >>> from lightning_meta.tasks import VisionDatasets
@@ -263,7 +264,7 @@ def _digits() -> list[tuple[Image.Image, int]]:
         from sklearn.datasets import load_digits
     except ImportError as error:
         raise ImportError(
-            "the 'digits' data set is scikit-learn's: pip install 'lightning-meta[vision]' (or scikit-learn), or "
+            "the 'digits' data set is scikit-learn's: pip install -e '.[vision]' in the clone (or scikit-learn), or "
             "leave 'digits' out of the family's data sets"
         ) from error
     digits: Any = load_digits()
