@@ -104,8 +104,12 @@ class TaskSchedule:
             >>> schedule = TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1)
             >>> [schedule.meta_steps_done(step) for step in (19, 20, 39, 40)]  # 2 tasks of 10 steps per process
             [0, 1, 1, 2]
+            >>> together = TaskSchedule(inner_steps=10, meta_batch_size=4, task_batch=2)  # 2 tasks per step
+            >>> [together.meta_steps_done(step) for step in (10, 20, 30, 40)]
+            [0, 1, 1, 2]
         """
-        tasks = self.origin_task % self.meta_batch_size + self.local_task(optimizer_steps)
+        started = (optimizer_steps - self.origin_step) // self.inner_steps * self.tasks_per_step
+        tasks = self.origin_task % self.meta_batch_size + started
         return self.origin_task // self.meta_batch_size + tasks // self.tasks_per_process
 
     def resumed_from(self, saved: TaskSchedule, tasks_in_batch: int, step: int) -> TaskSchedule:
