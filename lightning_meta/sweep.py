@@ -236,7 +236,8 @@ class ResultsFile:
     def rows(self) -> list[Row]:
         if not self.path.exists():
             return []
-        return list(csv.DictReader(open(self.path, newline="")))
+        with open(self.path, newline="") as handle:
+            return list(csv.DictReader(handle))
 
     def keys(self) -> set[str]:
         return {cell_key(r["stage"], r["method"], r["group"], r["seed"], r["setting"]) for r in self.rows()}
@@ -398,8 +399,16 @@ def tuning_table(rows: Sequence[Row], score: str, group_name: str) -> str:
     for (method, group, setting, _), value in cell_means(rows, score, "tune").items():
         tuning[method, group, setting].append(value)
     chosen = Counter((method, group, setting) for method, group, setting, _ in cell_means(rows, score, "test"))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    grids = {row["method"]: row["grid"].split(" | ") for row in rows}
+
+    def order(key: tuple[str, str, str]) -> tuple[int, int, str, int]:  # methods as they come, groups, grid order
+        method, group, setting = key
+        return methods.index(method), int(group) if group.isdigit() else -1, group, grids[method].index(setting)
+
     lines = [f"| method | {group_name} | setting | validation {score} | chosen by seeds |", "|---|---:|---|---:|---:|"]
-    for (method, group, setting), values in tuning.items():
+    for method, group, setting in sorted(tuning, key=order):
+        values = tuning[method, group, setting]
         lines.append(f"| {method} | {group} | {setting} | {format_interval(values)} | "
                      f"{chosen[method, group, setting]} of {len(values)} |")
     return "\n".join(lines)
