@@ -24,7 +24,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Protocol, TypeGuard, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from torch.optim import Optimizer
 from typing_extensions import get_protocol_members
@@ -57,10 +57,11 @@ class FixedInnerSteps(Protocol):
 
 @runtime_checkable
 class InnerOptimizer(Protocol):
-    """A module whose ``configure_optimizers`` is a meta-optimizer (MAML): held-out tasks train with this optimizer
-    instead (:class:`~lightning_meta.callbacks.held_out.HeldOutTraining`)."""
+    """A module whose ``configure_optimizers`` is not how held-out tasks train (MAML's meta-optimizer, a fine-tuning
+    baseline's pre-training rate): held-out tasks train with this optimizer instead, given in any form
+    ``configure_optimizers`` may return one optimizer (:class:`~lightning_meta.callbacks.held_out.HeldOutTraining`)."""
 
-    def configure_inner_optimizer(self) -> Optimizer: ...
+    def configure_inner_optimizer(self) -> Optimizer | dict[str, Any]: ...
 
 
 @runtime_checkable

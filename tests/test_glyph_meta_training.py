@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import make_trainer
+from torchvision.transforms import v2
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit
+from lightning_meta.engine import LeapRule, ReptileRule
 from lightning_meta.cli import main
 from lightning_meta.recipes import ConvClassifier, MAMLClassifier, MultiHeadClassifier
 from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets, Omniglot, TaskDataModule
@@ -49,17 +51,46 @@ def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
         assert next(c for c in cli.trainer.callbacks if isinstance(c, MetaInit)).meta_steps == 2  # 8 steps = 4 tasks of 2 steps = 2 meta-batches
 
 
-def test_paper_recipes_parse():
-    cli = main(["--config", str(RECIPES / "leap.yaml")], run=False)
-    leap = next(c for c in cli.trainer.callbacks if isinstance(c, Leap))
-    assert (leap.rule.p, leap.meta_lr, cli.datamodule.inner_steps, cli.datamodule.meta_batch_size) == (1, 0.1, 100, 20)
-    assert isinstance(cli.model, ConvClassifier) and cli.model.hparams.channels == 64
+AUTHORS = {  # the Leap authors' Omniglot code (src/omniglot/main.py defaults, run_multi.py, data.py)
+    "meta_steps": 1000, "meta_batch_size": 20, "inner_steps": 100, "batch_size": 20, "ways": 20, "test_alphabets": 10,
+    "inner_lr": 0.1, "channels": 64, "blocks": 4, "augmentation": ([0.0, 360.0], (0.2, 0.2), (0.8, 1.2)),
+    "meta_lr": {"leap": 0.1, "reptile": 0.1, "fomaml": 0.5, "maml": 0.5}, "maml_inner_steps": 5,
+}
+
+
+@pytest.mark.parametrize("method", ["leap", "reptile", "finetune", "scratch", "fomaml", "maml"])
+def test_configs_follow_the_authors_omniglot_protocol(method):
+    cli = main(["--config", str(RECIPES / f"{method}.yaml")], run=False)
+    data, model, trainer = cli.datamodule, cli.model, cli.trainer
+    assert (data.inner_steps, data.meta_batch_size, data.batch_size) == tuple(
+        AUTHORS[k] for k in ("inner_steps", "meta_batch_size", "batch_size"))
+    assert (data.family.ways, data.family.num_test) == (AUTHORS["ways"], AUTHORS["test_alphabets"])
+    augment = data.train_transform()
+    assert isinstance(augment, v2.RandomAffine) and augment.degrees == AUTHORS["augmentation"][0]
+    assert (augment.translate, augment.scale) == AUTHORS["augmentation"][1:]
+    assert (model.hparams.channels, model.hparams.blocks) == (AUTHORS["channels"], AUTHORS["blocks"])
+    meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)
+    if method in ("leap", "reptile", "finetune"):  # one optimizer step is one inner step of one task
+        assert trainer.max_steps / (data.inner_steps * data.meta_batch_size) == AUTHORS["meta_steps"]
+        assert model.hparams.lr == AUTHORS["inner_lr"]
+    if meta is not None:
+        assert (meta.meta_lr, meta.meta_optimizer) == (AUTHORS["meta_lr"][method], "SGD")
+        assert isinstance(meta.rule, LeapRule if method == "leap" else ReptileRule)
+    if method == "finetune":
+        assert isinstance(model, MultiHeadClassifier) and model.hparams.pretrain_lr == AUTHORS["inner_lr"]
+    if method == "scratch":
+        assert trainer.limit_train_batches == 0 and meta is None
+    if method in ("fomaml", "maml"):  # one training step is one meta-step
+        assert isinstance(model, MAMLClassifier) and isinstance(data, EpisodeDataModule)
+        assert trainer.max_steps == AUTHORS["meta_steps"]
+        settings = model.maml
+        assert (model.hparams.lr, settings.inner_lr) == (AUTHORS["meta_lr"][method], AUTHORS["inner_lr"])
+        assert settings.first_order == (method == "fomaml")
+        data.trainer = SimpleNamespace(lightning_module=model)  # as the Trainer attaches it in fit
+        expected = AUTHORS["maml_inner_steps"] if method == "maml" else AUTHORS["inner_steps"]
+        assert data.resolved_support_batches() == expected
+
+
+def test_real_omniglot_is_one_argument_away():
     cli = main(["--config", str(RECIPES / "finetune.yaml"), "--data.family=omniglot", "--data.root=/nowhere"], run=False)
     assert isinstance(cli.model, MultiHeadClassifier) and isinstance(cli.datamodule.family, Omniglot)
-    for method, steps, support, first_order in (("maml", 5, 5, False), ("fomaml", None, 100, True)):
-        cli = main(["--config", str(RECIPES / f"{method}.yaml")], run=False)
-        assert isinstance(cli.model, MAMLClassifier) and isinstance(cli.datamodule, EpisodeDataModule)
-        settings = cli.model.maml
-        assert (settings.inner_steps, settings.first_order, cli.model.hparams.lr) == (steps, first_order, 0.5)
-        cli.datamodule.trainer = SimpleNamespace(lightning_module=cli.model)  # as the Trainer attaches it in fit
-        assert (cli.datamodule.resolved_support_batches(), cli.datamodule.meta_batch_size) == (support, 20)

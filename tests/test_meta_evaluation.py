@@ -90,6 +90,38 @@ def test_held_out_accuracy_uses_batch_statistics_or_eval_mode():
     for batch_statistics in (True, False):
         curves = adapt(model, state, [task], inner_steps=1, batch_size=8, seed=0, batch_statistics=batch_statistics)
         torch.testing.assert_close(curves.test_accuracy[0], accuracies[batch_statistics])
+        torch.testing.assert_close(curves.test_accuracy_batch_statistics[0], accuracies[True])  # both modes, named
+        torch.testing.assert_close(curves.test_accuracy_running_statistics[0], accuracies[False])
+
+
+def test_running_statistics_are_the_training_steps_and_final_error_is_on_all_training_images():
+    """Eval-mode accuracy uses the running statistics the task's steps left (scoring with batch statistics before it
+    must not move them); the final training error is the error on all the task's training images after training."""
+    from lightning_meta.callbacks.meta_evaluation import _accuracy, adapt
+
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0, batch_norm=True)  # weights stay put; BatchNorm's running statistics move
+    task = ToyFamily().tasks("test")[0]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = TinyClassifier(lr=0.0, batch_norm=True)
+    reference.load_state_dict(state)
+    reference.train()
+    dataset = TaskStreamDataset([task])
+    images, labels = task.test.images.float() / 255, task.test.labels
+    with torch.no_grad():
+        for keys in TaskBatchSampler([len(task.train)], 8, 3, 1, seed=5):  # the 3 steps' batches update the statistics
+            reference(collate_task_batch([dataset[key] for key in keys]).inputs)
+        running = reference.eval()(images).argmax(1).eq(labels).float().mean()
+        batch = reference.train()(images).argmax(1).eq(labels).float().mean()
+    for batch_statistics in (True, False):
+        curves = adapt(model, state, [task], inner_steps=3, batch_size=8, seed=5, batch_statistics=batch_statistics)
+        torch.testing.assert_close(curves.test_accuracy_running_statistics[0], running)
+        torch.testing.assert_close(curves.test_accuracy_batch_statistics[0], batch)
+        trained_on = batch if batch_statistics else running  # ToyFamily trains and tests on the same images
+        assert curves.summary()["final_train_error"] == pytest.approx(1 - float(trained_on))
+    buffers = [b.clone() for b in reference.buffers()]
+    _accuracy(reference, task.test, torch.device("cpu"), batch_statistics=True)  # e.g. early stopping's checks
+    assert all(torch.equal(a, b) for a, b in zip(buffers, reference.buffers()))
 
 
 def test_a_data_module_without_held_out_tasks_is_named_with_what_it_lacks():

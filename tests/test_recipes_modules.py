@@ -7,8 +7,9 @@ import pytest
 import torch
 import yaml
 
+from lightning_meta.callbacks.held_out import HeldOutTraining, one_optimizer
 from lightning_meta.metrics import LearningCurveAUC
-from lightning_meta.recipes import MultiHeadClassifier
+from lightning_meta.recipes import DatasetClassifier, MultiHeadClassifier
 from lightning_meta.tasks import TaskBatch
 
 
@@ -26,6 +27,26 @@ def test_multi_head_routes_meta_training_batches_to_their_head_and_new_tasks_to_
     assert "head.weight" in touched and not any(name.startswith("heads.") for name in touched)
     with pytest.raises(IndexError, match="num_heads=3"):
         model.training_step(TaskBatch(x, y, task=0, task_name="any", split_index=3), 0)
+
+
+def fine_tuning(cls, **kwargs):
+    if cls is MultiHeadClassifier:
+        return cls(num_heads=2, channels=8, **kwargs)
+    return cls(multi_head=True, channels=8, max_classes=5, cosine_steps=10, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [MultiHeadClassifier, DatasetClassifier])
+def test_fine_tuning_pre_trains_at_pretrain_lr_and_held_out_tasks_train_at_lr(cls):
+    """Tuning the multi-headed pre-training rate leaves held-out training at the rate every method uses."""
+    model = fine_tuning(cls, lr=0.1, pretrain_lr=0.3)
+    optimizer, schedulers = one_optimizer(model.configure_optimizers())  # what the Trainer steps in fit
+    assert optimizer.param_groups[0]["lr"] == 0.3
+    with HeldOutTraining(model, torch.device("cpu")) as run:
+        run.start(model.state_dict(), seed=0, num_classes=5)
+        assert run.optimizer.param_groups[0]["lr"] == 0.1
+        assert len(run.schedulers) == len(schedulers)  # DatasetClassifier's cosine schedule on held-out tasks too
+    default, _ = one_optimizer(fine_tuning(cls, lr=0.2).configure_optimizers())
+    assert default.param_groups[0]["lr"] == 0.2  # pretrain_lr defaults to lr
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 17])

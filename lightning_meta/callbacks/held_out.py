@@ -99,7 +99,7 @@ class HeldOutTraining:
             self.model.start_task(num_classes)
         self.model.train()
         if implements(self.model, InnerOptimizer, "held-out training"):
-            self.optimizer, self.schedulers = self.model.configure_inner_optimizer(), list[Any]()
+            self.optimizer, self.schedulers = one_optimizer(self.model.configure_inner_optimizer())
         else:
             self.optimizer, self.schedulers = one_optimizer(self.model.configure_optimizers())
 

@@ -59,23 +59,34 @@ SCORING_BATCH = 1024
 
 @dataclass
 class HeldOutCurves:
-    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]``; ``test_accuracy`` and
-    ``train_accuracy`` (on the images the task trained on) ``[tasks]``, scored after training; ``steps`` ``[tasks]``
-    the steps each task trained (fewer than ``inner_steps`` when early stopping cut it short: the curves then stay
-    at their last value)."""
+    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]`` (each step's training batch,
+    before the step); the rest are ``[tasks]``, scored after training: ``test_accuracy`` on the task's held-out
+    images and ``train_accuracy`` on the images it trained on, both with the evaluation's BatchNorm mode;
+    ``test_accuracy_batch_statistics`` and ``test_accuracy_running_statistics`` on the held-out images with each
+    BatchNorm mode named (train mode: every scoring batch normalised with its own statistics; eval mode: the running
+    statistics the task's training steps accumulated, as the Leap authors score); ``steps`` the steps each task
+    trained (fewer than ``inner_steps`` when early stopping cut it short: the curves then stay at their last
+    value)."""
 
     loss: Tensor
     error: Tensor
     test_accuracy: Tensor
     train_accuracy: Tensor
     steps: Tensor
+    test_accuracy_batch_statistics: Tensor
+    test_accuracy_running_statistics: Tensor
 
     def summary(self) -> dict[str, float]:
+        """Means over the tasks: learning-curve AUCs, the loss of the last step, the final training error (all the
+        task's training images after the last step) and the held-out accuracies."""
         return {
             "train_loss_auc": float(curve_auc(self.loss).mean()),
             "train_error_auc": float(curve_auc(self.error).mean()),
             "final_train_loss": float(self.loss[:, -1].mean()),
+            "final_train_error": float(1 - self.train_accuracy.mean()),
             "test_accuracy": float(self.test_accuracy.mean()),
+            "test_accuracy_batch_statistics": float(self.test_accuracy_batch_statistics.mean()),
+            "test_accuracy_running_statistics": float(self.test_accuracy_running_statistics.mean()),
         }
 
 
@@ -105,8 +116,9 @@ def adapt(
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
-    The held-out accuracy uses the module in training mode (BatchNorm with the statistics of the held-out batch)
-    when ``batch_statistics``, else in eval mode (running statistics after ``inner_steps`` steps). Task ``i`` is
+    The held-out images are scored in both BatchNorm modes; ``test_accuracy``, ``train_accuracy`` and early
+    stopping use the module in training mode (BatchNorm with the statistics of each scoring batch) when
+    ``batch_statistics``, else in eval mode (running statistics after the task's steps). Task ``i`` is
     seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
     which other tasks are evaluated with it. ``early_stopping``: see
     :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
@@ -114,9 +126,9 @@ def adapt(
     called after every training step.
     """
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
-        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(3, 0))
+        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(5, 0))
     device = device or pl_module.device
-    losses, errors, accuracies, train_accuracies, steps = [], [], [], [], []
+    losses, errors, train_accuracies, steps, running_accuracies, batch_accuracies = [], [], [], [], [], []
     with HeldOutTraining(pl_module, device, progress) as run:
         model = run.model
         hook = _LogitsHook(model)
@@ -144,12 +156,15 @@ def adapt(
             steps.append(torch.tensor(float(len(task_losses))))
             losses.append(_extend(torch.stack(task_losses), inner_steps))
             errors.append(_extend(torch.stack(task_errors), inner_steps))
-            accuracies.append(_accuracy(model, task.test, device, batch_statistics))
+            running_accuracies.append(_accuracy(model, task.test, device, batch_statistics=False))
+            batch_accuracies.append(_accuracy(model, task.test, device, batch_statistics=True))
             train_accuracies.append(_accuracy(model, fit.train, device, batch_statistics))
         hook.handle.remove()
     loss_curves, error_curves = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
-    accuracy, train_accuracy = torch.stack(accuracies).cpu(), torch.stack(train_accuracies).cpu()
-    return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps))
+    by_batch, by_running = torch.stack(batch_accuracies).cpu(), torch.stack(running_accuracies).cpu()
+    accuracy = by_batch if batch_statistics else by_running
+    train_accuracy = torch.stack(train_accuracies).cpu()
+    return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps), by_batch, by_running)
 
 
 def _extend(curve: Tensor, length: int) -> Tensor:
@@ -159,10 +174,14 @@ def _extend(curve: Tensor, length: int) -> Tensor:
 
 @torch.no_grad()
 def _accuracy(model: L.LightningModule, data: Dataset, device: torch.device, batch_statistics: bool) -> Tensor:
+    """Accuracy on ``data``; scoring with batch statistics leaves the running statistics as training left them."""
     model.train(batch_statistics)
+    buffers = [buffer.clone() for buffer in model.buffers()] if batch_statistics else []
     size = dataset_length(data)
     loader = DataLoader(data, batch_size=min(size, SCORING_BATCH) if batch_statistics else 256)
     correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
+    for buffer, saved in zip(model.buffers(), buffers):
+        buffer.copy_(saved)
     return torch.tensor(correct / size)
 
 
@@ -179,7 +198,8 @@ class MetaEvaluation(L.Callback):
         baseline: also evaluate the weights the run started from, once, as the reference curve.
         batch_statistics: score held-out images with BatchNorm using their own batch statistics (the usual
             transductive few-shot protocol); ``False`` uses eval mode, whose running statistics are still far from
-            converged after a few dozen steps on a new task.
+            converged after a few dozen steps on a new task. The mode of ``test_accuracy``, ``train_accuracy`` and
+            early stopping: the curves also hold the held-out accuracy in both modes, named.
         plot_path: where to write the PNG (default: ``meta_evaluation_<split>.png`` in the run's versioned folder,
             :func:`~lightning_meta.utils.run_dir`).
         early_stopping: stop each held-out task when the error on a validation split of its training images stops

@@ -73,9 +73,13 @@ class ConvClassifier(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_with(self.hparams["lr"])
+
+    def optimizer_with(self, lr: float) -> torch.optim.Optimizer:
+        """The module's optimizer (``optimizer``, ``momentum``) over all its parameters, at learning rate ``lr``."""
         if self.hparams["optimizer"] == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
-        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"])
+            return torch.optim.Adam(self.parameters(), lr=lr)
+        return torch.optim.SGD(self.parameters(), lr=lr, momentum=self.hparams["momentum"])
 
 
 class MultiHeadClassifier(ConvClassifier):
@@ -85,15 +89,27 @@ class MultiHeadClassifier(ConvClassifier):
     ``heads[i]``; any other batch (a plain ``(x, y)``, as when a held-out task is trained) goes through ``head``,
     which meta-training never touches: a new task starts from the shared encoder and a fresh head.
 
+    Pre-training (the run's own ``fit``) steps at ``pretrain_lr``; held-out tasks train at ``lr``, as every other
+    method's do (``configure_inner_optimizer``), so that tuning the pre-training rate leaves the held-out training
+    alone.
+
     Args:
         num_heads: heads for meta-training tasks (the number of meta-training tasks).
+        pretrain_lr: learning rate of the pre-training on the meta-training tasks (default: ``lr``).
         **kwargs: the :class:`ConvClassifier` arguments.
     """
 
-    def __init__(self, num_heads: int = 25, **kwargs: Any) -> None:
+    def __init__(self, num_heads: int = 25, pretrain_lr: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         hp = self.hparams
         self.heads = nn.ModuleList(nn.Linear(hp["channels"], hp["num_classes"]) for _ in range(num_heads))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_with(self.hparams["pretrain_lr"] or self.hparams["lr"])
+
+    def configure_inner_optimizer(self) -> torch.optim.Optimizer:
+        """Held-out tasks train at ``lr``."""
+        return self.optimizer_with(self.hparams["lr"])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         index = getattr(batch, "split_index", None)

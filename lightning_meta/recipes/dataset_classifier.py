@@ -46,11 +46,19 @@ class DatasetClassifier(ConvClassifier):
         cosine_steps: period of the inner learning-rate schedule, cosine annealing from ``lr`` towards 0 that
             restarts every ``cosine_steps`` optimizer steps (set it to the steps per task); ``None``: constant.
         multi_head: one persistent head per meta-training data set.
+        pretrain_lr: learning rate of the run's own training on the meta-training data sets (default: ``lr``);
+            held-out data sets train at ``lr`` (``configure_inner_optimizer``), so that tuning the multi-headed
+            pre-training rate leaves the held-out training alone.
         **kwargs: the :class:`~lightning_meta.recipes.ConvClassifier` arguments but ``num_classes``.
     """
 
     def __init__(
-        self, max_classes: int = 100, cosine_steps: int | None = None, multi_head: bool = False, **kwargs: Any
+        self,
+        max_classes: int = 100,
+        cosine_steps: int | None = None,
+        multi_head: bool = False,
+        pretrain_lr: float | None = None,
+        **kwargs: Any,
     ) -> None:
         # the saved hyper-parameters hold num_classes = max_classes (ConvClassifier's): accept that, refuse others
         if kwargs.pop("num_classes", max_classes) != max_classes:
@@ -61,6 +69,7 @@ class DatasetClassifier(ConvClassifier):
         self.max_classes = max_classes
         self.cosine_steps = cosine_steps
         self.multi_head = multi_head
+        self.pretrain_lr = pretrain_lr
         self.active_classes = max_classes  # classes of the task being trained
         self.heads = nn.ModuleList()  # multi_head: one per meta-training data set, built in setup
         self.train_classes: list[int] = []  # classes of each meta-training data set, read in setup
@@ -130,7 +139,14 @@ class DatasetClassifier(ConvClassifier):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optimizer = super().configure_optimizers()
+        return self._scheduled(self.pretrain_lr or self.hparams["lr"])
+
+    def configure_inner_optimizer(self) -> Any:
+        """Held-out data sets train at ``lr`` (with the cosine schedule)."""
+        return self._scheduled(self.hparams["lr"])
+
+    def _scheduled(self, lr: float) -> Any:
+        optimizer = self.optimizer_with(lr)
         if self.cosine_steps is None:
             return optimizer
         schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=self.cosine_steps)

@@ -65,8 +65,15 @@ def task_datamodule(trainer: L.Trainer) -> StreamDataModule | None:
 
 
 def random_affine() -> Callable[[Tensor], Tensor]:
-    """The Leap paper's Omniglot augmentation: rotation, translation 0.2, scale 0.8-1.2."""
-    return v2.RandomAffine(degrees=15.0, translate=(0.2, 0.2), scale=(0.8, 1.2))
+    """The Leap authors' Omniglot augmentation, as in their code: ``RandomAffine((0, 360), (0.2, 0.2), (0.8, 1.2))``
+    (any rotation, translation up to 20 % of the side, scale 0.8 to 1.2).
+
+    Examples:
+        >>> augment = random_affine()
+        >>> augment.degrees, augment.translate, augment.scale
+        ([0.0, 360.0], (0.2, 0.2), (0.8, 1.2))
+    """
+    return v2.RandomAffine(degrees=(0, 360), translate=(0.2, 0.2), scale=(0.8, 1.2))
 
 
 class StreamDataModule(L.LightningDataModule):
@@ -178,7 +185,7 @@ class TaskDataModule(StreamDataModule):
         batch_size: samples per batch (of each task).
         tasks_per_epoch: tasks in one Lightning epoch (default: ``meta_batch_size``, else 10; epochs only matter
             for epoch-level hooks and logging); a multiple of ``task_batch``.
-        augment: apply the Leap paper's random affine augmentation to training images.
+        augment: apply the Leap authors' random affine augmentation (:func:`random_affine`) to training images.
         num_workers: DataLoader worker processes.
         seed: seed of the task order, the batches and the augmentation.
     """
@@ -226,6 +233,10 @@ class TaskDataModule(StreamDataModule):
             if not self._train_tasks:
                 raise ValueError(f"{type(self.family).__name__} has no meta-training tasks")
 
+    def train_transform(self) -> Callable[[Tensor], Tensor] | None:
+        """The augmentation of meta-training images: :func:`random_affine` with ``augment``, else none."""
+        return random_affine() if self.augment else None
+
     def tasks(self, split: Split) -> list[Task]:
         """The family's tasks of a split (meta-evaluation callbacks use ``"val"`` and ``"test"``)."""
         return self.family.tasks(split)
@@ -261,7 +272,7 @@ class TaskDataModule(StreamDataModule):
         self.setup("fit")
         self._check_distributed()
         assert self._train_tasks is not None
-        dataset = TaskStreamDataset(self._train_tasks, random_affine() if self.augment else None)
+        dataset = TaskStreamDataset(self._train_tasks, self.train_transform())
         stacked = self.task_schedule().task_batch is not None
         return DataLoader(
             dataset,

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from lightning_meta.protocols import FixedInnerSteps, implements
-from lightning_meta.tasks.datamodule import TaskDataModule, random_affine
+from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.family import Split, Task, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset
 
@@ -195,10 +195,10 @@ class EpisodeDataModule(TaskDataModule):
     def tasks_per_batch(self) -> int:
         return self.meta_batch_size or 1
 
-    def _episodes(self, tasks: list[Task], seed: int, augment: bool) -> EpisodeDataset:
+    def _episodes(self, tasks: list[Task], seed: int, transform: Callable[[Tensor], Tensor] | None) -> EpisodeDataset:
         sizes = [dataset_length(t.train) for t in tasks]
         sampler = TaskBatchSampler(sizes, self.batch_size, self.resolved_support_batches(), len(tasks), seed)
-        return EpisodeDataset(tasks, sampler, self.query_size, random_affine() if augment else None)
+        return EpisodeDataset(tasks, sampler, self.query_size, transform)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -208,7 +208,7 @@ class EpisodeDataModule(TaskDataModule):
         world_size, rank = self._processes()
         sampler = EpisodeBatchSampler(self.tasks_per_batch, batches, self._consumed_batches, shard=(rank, world_size))
         return DataLoader(
-            self._episodes(self._train_tasks, self.seed, self.augment),
+            self._episodes(self._train_tasks, self.seed, self.train_transform()),
             batch_sampler=sampler,
             collate_fn=collate_episodes,
             num_workers=self.num_workers,
@@ -219,7 +219,7 @@ class EpisodeDataModule(TaskDataModule):
         tasks = self.tasks(split)
         if not tasks:
             raise ValueError(f"{type(self.family).__name__} has no {split!r} tasks to validate or test on")
-        episodes = self._episodes(tasks, self.seed + 1, augment=False)
+        episodes = self._episodes(tasks, self.seed + 1, transform=None)
         # One pass of the stream visits every task once; the fixed seed gives the same episodes every time.
         return DataLoader(
             episodes, batch_size=self.tasks_per_batch, collate_fn=collate_episodes, num_workers=self.num_workers

@@ -1,13 +1,22 @@
-"""The Leap paper's Omniglot sweep: methods x number of meta-training alphabets x seeds (its Figure 3, right).
+"""The Leap paper's Omniglot sweep, fairly: methods x meta-training alphabets x seeds (its Figure 3, right).
 
 Every cell is one ``lightning-meta fit`` run of ``recipes/omniglot/<method>.yaml`` with ``num_train`` meta-training
-alphabets; the held-out result (from ``MetaEvaluation`` at the end of fit) is appended as one row of a CSV. The
-sweep is resumable: a cell already in the CSV is not run again. At the end it prints a Markdown table (mean +- std
-over seeds) and draws held-out training-error AUC against the number of meta-training alphabets.
+alphabets, in two stages (``lightning_meta.sweep``):
 
-Run it (``--quick`` finishes on 2 CPU cores in about 15 minutes; without it, paper sizes, for GPUs)::
+1. tuning: for each method, number of alphabets and seed, every setting of the method's grid (the meta learning
+   rate; fine-tuning: its pre-training rate; MAML: meta and inner rates, jointly) is trained and scored on the 5
+   **validation** alphabets by the held-out training-error AUC;
+2. test: the chosen setting is trained again with a fresh run seed and scored on the 10 **test** alphabets, once.
 
-    python recipes/omniglot/sweep.py --quick --out outputs/omniglot/sweep-quick
+Every method gets the same meta-steps, inner steps and held-out steps. The sweep seed drives the alphabet split
+(and, for the embedded glyphs, the drawers' jitter), the init, the task order and the evaluation batches. One CSV
+row per cell (``results.csv``, resumable: cells already there are skipped); the table gives mean ± 95 %
+t-interval over seeds of the test runs, the figure held-out training-error AUC against the number of alphabets.
+
+Run it (``--quick``: sizes for 2 CPU cores, 3 values per grid axis; without it, the authors' sizes and the full
+grids, a GPU job)::
+
+    OMP_NUM_THREADS=1 python recipes/omniglot/sweep.py --quick --jobs 2 --out outputs/omniglot/sweep-quick
     python recipes/omniglot/sweep.py --methods leap reptile --alphabets 1 5 25 --seeds 0 1 2 --out outputs/sweep
     python recipes/omniglot/sweep.py --quick --out outputs/omniglot/sweep-quick --report-only   # table + figure
 
@@ -17,11 +26,9 @@ Extra arguments after ``--`` go to every run, e.g. ``-- --data.family=omniglot -
 from __future__ import annotations
 
 import argparse
-import csv
-import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
-from statistics import mean, stdev
 
 import matplotlib
 
@@ -30,86 +37,122 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
+from lightning_meta.intervals import mean_interval  # noqa: E402
+from lightning_meta.sweep import (  # noqa: E402
+    Cell,
+    Row,
+    Sweep,
+    chosen_counts,
+    fit_arguments,
+    format_interval,
+    grid,
+    tuning_table,
+)
 
 HERE = Path(__file__).parent
 METHODS = ("scratch", "finetune", "fomaml", "maml", "reptile", "leap")
 EPISODIC = ("fomaml", "maml")  # one training step is one meta-step
-FIELDS = ("method", "alphabets", "seed", "train_error_auc", "train_loss_auc", "final_train_loss", "test_accuracy",
-          "meta_steps", "seconds")
+METRICS = ("train_error_auc", "train_loss_auc", "final_train_loss", "final_train_error",
+           "test_accuracy_batch_statistics", "test_accuracy_running_statistics", "meta_steps")
+META_LRS = [0.03, 0.1, 0.3, 0.5, 1.0]  # contains the authors' 0.1 (Leap, Reptile) and 0.5 (MAML, FOMAML)
+GRIDS = {  # the full grids (GPU)
+    "scratch": [],
+    "finetune": grid(**{"model.pretrain_lr": [0.01, 0.03, 0.1, 0.3]}),
+    "fomaml": grid(**{"model.lr": META_LRS}),
+    "maml": grid(**{"model.lr": META_LRS, "model.inner_lr": [0.03, 0.1, 0.3]}),
+    "reptile": grid(**{"Reptile.meta_lr": META_LRS}),
+    "leap": grid(**{"Leap.meta_lr": META_LRS}),
+}
+QUICK_GRIDS = {  # 3 values per axis
+    "scratch": [],
+    "finetune": grid(**{"model.pretrain_lr": [0.03, 0.1, 0.3]}),
+    "fomaml": grid(**{"model.lr": [0.1, 0.3, 1.0]}),
+    "maml": grid(**{"model.lr": [0.1, 0.3, 1.0], "model.inner_lr": [0.1, 0.3]}),
+    "reptile": grid(**{"Reptile.meta_lr": [0.1, 0.3, 1.0]}),
+    "leap": grid(**{"Leap.meta_lr": [0.1, 0.3, 1.0]}),
+}
 QUICK = [  # 2 CPU cores: a narrower net, 10 inner steps, meta-batch 5, 20 meta-steps, no augmentation
     "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--trainer.max_steps=1000",
     "--data.augment=false",
 ]
 QUICK_EPISODIC = ["--trainer.max_steps=20", "--trainer.limit_val_batches=0"]  # the same 20 meta-steps
+ANY = "any"  # the group of no pre-training: it does not depend on the meta-training alphabets
+COLUMNS = (  # header, metric, scale, digits
+    ("held-out training-error AUC", "train_error_auc", 1.0, 3),
+    ("final training error (%)", "final_train_error", 100.0, 1),
+    ("held-out accuracy, batch statistics (%)", "test_accuracy_batch_statistics", 100.0, 1),
+    ("held-out accuracy, running statistics (%)", "test_accuracy_running_statistics", 100.0, 1),
+)
 
 
-def run_cell(method: str, alphabets: int, seed: int, out: Path, extra: list[str], quick: bool) -> dict[str, object]:
-    """One ``lightning-meta fit`` run; returns its CSV row."""
-    folder = out / "runs" / f"{method}-{alphabets}-{seed}"
+def run_cell(cell: Cell, folder: Path, extra: list[str], quick: bool) -> list[dict[str, object]]:
+    """One ``lightning-meta fit`` run; returns its CSV row (means over the scored alphabets)."""
     args = [
-        "fit", "--config", str(HERE / f"{method}.yaml"), f"--seed_everything={seed}",
-        f"--data.family.init_args.num_train={alphabets}", f"--data.seed={seed}",
-        f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        *([f"--model.init_args.num_heads={alphabets}"] if method == "finetune" else []),
+        *fit_arguments([HERE / f"{cell.method}.yaml"], cell, folder),
+        *([] if cell.group == ANY else [f"--data.family.init_args.num_train={cell.group}"]),
+        *([f"--model.init_args.num_heads={cell.group}"] if cell.method == "finetune" else []),
         *(QUICK if quick else []),
-        *(QUICK_EPISODIC if quick and method in EPISODIC else []),
+        *(QUICK_EPISODIC if quick and cell.method in EPISODIC else []),
         *extra,
     ]
-    start = time.perf_counter()
     cli = lightning_meta(args)
-    evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, MetaEvaluation))  # type: ignore[attr-defined]
-    meta = next((c for c in cli.trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
+    callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]
+    evaluation = next(c for c in callbacks if isinstance(c, MetaEvaluation))
+    meta = next((c for c in callbacks if isinstance(c, MetaInit)), None)
     summary = evaluation.history[-1][1].summary()
-    meta_steps = meta.meta_steps if meta else cli.trainer.global_step if method in EPISODIC else 0
-    return {"method": method, "alphabets": alphabets, "seed": seed, **summary,
-            "meta_steps": meta_steps, "seconds": round(time.perf_counter() - start, 1)}
+    meta_steps = meta.meta_steps if meta else cli.trainer.global_step if cell.method in EPISODIC else 0
+    return [{**{key: summary[key] for key in METRICS[:-1]}, "meta_steps": meta_steps}]
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(open(path))) if path.exists() else []
-
-
-def report(rows: list[dict[str, str]], out: Path) -> str:
-    """Markdown table (mean +- std over seeds) and the figure of training-error AUC against alphabets."""
-    cells: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
+def report(rows: list[Row], out: Path) -> str:
+    """Markdown tables of the test runs (mean ± 95 % t-interval over seeds) and of the tuning stage, and the figure
+    of held-out training-error AUC against the number of meta-training alphabets (bars: the 95 % intervals)."""
+    cells: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in rows:
-        cells[row["method"], int(row["alphabets"])].append(row)
-
-    def stat(group: list[dict[str, str]], key: str, scale: float = 1.0) -> tuple[float, float]:
-        values = [float(r[key]) * scale for r in group]
-        return mean(values), stdev(values) if len(values) > 1 else 0.0
-
-    lines = ["| method | alphabets | seeds | held-out training-error AUC | held-out accuracy (%) |", "|---|---:|---:|---:|---:|"]
+        if row["stage"] == "test":
+            cells[row["method"], row["group"]].append(row)
+    lines = [f"| method | alphabets | seeds | chosen setting (seeds) | {' | '.join(c[0] for c in COLUMNS)} |",
+             f"|---|---:|---:|---|{'---:|' * len(COLUMNS)}"]
     figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for method in METHODS:
-        counts = sorted(n for m, n in cells if m == method)
-        if not counts:
-            continue
-        aucs = [stat(cells[method, n], "train_error_auc") for n in counts]
-        for n, (auc, auc_std) in zip(counts, aucs):
-            accuracy, accuracy_std = stat(cells[method, n], "test_accuracy", 100.0)
-            lines.append(f"| {method} | {n} | {len(cells[method, n])} | {auc:.3f} +- {auc_std:.3f} | "
-                         f"{accuracy:.1f} +- {accuracy_std:.1f} |")
-        axis.errorbar(counts, [a for a, _ in aucs], yerr=[s for _, s in aucs], marker="o", capsize=3, label=method)
+        groups = sorted((g for m, g in cells if m == method), key=lambda g: -1 if g == ANY else int(g))
+        for group in groups:
+            group_rows = cells[method, group]
+            values = [format_interval([float(r[key]) for r in group_rows], scale, digits)
+                      for _, key, scale, digits in COLUMNS]
+            lines.append(f"| {method} | {group} | {len(group_rows)} | {chosen_counts(group_rows)} | "
+                         f"{' | '.join(values)} |")
+        intervals = [mean_interval([float(r["train_error_auc"]) for r in cells[method, g]]) for g in groups]
+        if groups == [ANY]:  # no pre-training: the same at every number of alphabets
+            (mean, half), = intervals
+            axis.axhline(mean, color="grey", linestyle="--", label=method)
+            axis.axhspan(mean - half, mean + half, color="grey", alpha=0.15)
+        elif groups:
+            axis.errorbar([int(g) for g in groups], [m for m, _ in intervals], yerr=[h for _, h in intervals],
+                          marker="o", capsize=3, label=method)
     axis.set_xlabel("meta-training alphabets")
     axis.set_ylabel("held-out training-error AUC (lower is faster)")
+    axis.set_title("test alphabets; bars: 95 % t-interval over seeds", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.savefig(out / "auc_vs_alphabets.png", dpi=120)
     plt.close(figure)
-    return "\n".join(lines)
+    tuning = tuning_table(rows, "train_error_auc", "alphabets")
+    return "\n".join(lines) + "\n\nTuning stage (validation alphabets):\n\n" + tuning
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--alphabets", nargs="+", type=int, default=None,
                         help="numbers of meta-training alphabets (default 1 3 5 10 15 20 25; --quick: 1 5 25)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores (about 15 minutes)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="sizes for 2 CPU cores, 3 values per grid axis")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, in worker processes")
     parser.add_argument("--out", type=Path, default=Path("outputs/omniglot/sweep"))
-    parser.add_argument("--report-only", action="store_true", help="only print the table and draw the figure")
+    parser.add_argument("--report-only", action="store_true", help="only print the tables and draw the figure")
     args, extra = parser.parse_known_args()
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -121,22 +164,11 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 def main() -> None:
     args, extra = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = args.out / "results.csv"
-    done = {(r["method"], int(r["alphabets"]), int(r["seed"])) for r in read_rows(results)}
-    cells = [(m, n, s) for m in args.methods for n in args.alphabets for s in args.seeds]
-    todo = [] if args.report_only else [cell for cell in cells if cell not in done]
-    print(f"sweep: {len(cells)} cells, {len(cells) - len(todo)} already in {results}, {len(todo)} to run")
-    for index, (method, alphabets, seed) in enumerate(todo, 1):
-        row = run_cell(method, alphabets, seed, args.out, extra, args.quick)
-        new_file = not results.exists()
-        with open(results, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
-        print(f"[{index}/{len(todo)}] {method} alphabets={alphabets} seed={seed}: "
-              f"error AUC {row['train_error_auc']:.3f}, accuracy {row['test_accuracy']:.3f}, {row['seconds']} s")
-    print(report(read_rows(results), args.out))
+    grids = QUICK_GRIDS if args.quick else GRIDS
+    sweep = Sweep(args.out, partial(run_cell, extra=extra, quick=args.quick), grids, METRICS, "alphabets")
+    plan = {m: [ANY] if m == "scratch" else [str(n) for n in args.alphabets] for m in args.methods}
+    rows = sweep.results.rows() if args.report_only else sweep.run(plan, args.seeds, args.jobs)
+    print(report(rows, args.out))
     print(f"figure: {args.out / 'auc_vs_alphabets.png'}")
 
 
