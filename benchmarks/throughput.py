@@ -376,6 +376,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler tables of one meta-batch of each path (the first --channels and "
+                             "the last --tasks; plain door), the operators with the most own time")
     args = parser.parse_args(argv)
     if min(*args.tasks, *args.channels, args.batch_size, args.inner_steps, args.repeats) < 1:
         parser.error("counts must be >= 1")
@@ -384,10 +387,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Where a meta-batch's time goes, one task at a time vs together: ``torch.profiler``'s operator table of one
+    (untimed-run-warmed) meta-batch of each path."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiled
+
+    channels, tasks = args.channels[0], args.tasks[-1]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    for path in ("sequential", "batched"):
+        work = Workload(channels, tasks, path, args)
+        work.run()
+        with profiled(activities=activities) as recorded:
+            work.run()
+        print(f"\n{path}: {channels} channels, T={tasks}, {tasks * args.inner_steps} task-steps; operators by own time")
+        print(recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=45))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args)
+        return {}
     command = "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     info = machine(args)
     print(f"command: {command}\nmachine: {info}", flush=True)

@@ -348,7 +348,9 @@ class Sweep:
         context = multiprocessing.get_context("spawn")  # a fork of a process that holds torch threads may hang
         pool = ProcessPoolExecutor(jobs, mp_context=context)
         try:
-            futures = {pool.submit(timed, self.run_one, cell, self.folder(cell), self.metrics, threads): cell for cell in todo}
+            futures = {
+                pool.submit(timed, self.run_one, cell, self.folder(cell), self.metrics, threads): cell for cell in todo
+            }
             for index, future in enumerate(as_completed(futures), 1):
                 self._finish(index, len(todo), futures[future], future.result())
         finally:
