@@ -78,10 +78,13 @@ class TaskSchedule:
         """Tasks this process trains per meta-step."""
         return self.meta_batch_size // self.world_size if self.task_parallel else self.meta_batch_size
 
+    def tasks_started(self, step: int) -> int:
+        """How many tasks this process started before local optimizer step ``step`` (since the origin)."""
+        return (step - self.origin_step) // self.inner_steps * self.tasks_per_step
+
     def tasks(self, step: int) -> list[int]:
         """The stream tasks that local optimizer step ``step`` trains (one, or ``task_batch`` together)."""
-        group = (step - self.origin_step) // self.inner_steps  # groups of tasks this process started before
-        first = group * self.tasks_per_step
+        first = self.tasks_started(step)
         positions = range(first, first + self.tasks_per_step)
         if not self.task_parallel:
             return [self.origin_task + p for p in positions]
@@ -108,8 +111,7 @@ class TaskSchedule:
             >>> [together.meta_steps_done(step) for step in (10, 20, 30, 40)]
             [0, 1, 1, 2]
         """
-        started = (optimizer_steps - self.origin_step) // self.inner_steps * self.tasks_per_step
-        tasks = self.origin_task % self.meta_batch_size + started
+        tasks = self.origin_task % self.meta_batch_size + self.tasks_started(optimizer_steps)
         return self.origin_task // self.meta_batch_size + tasks // self.tasks_per_process
 
     def resumed_from(self, saved: TaskSchedule, tasks_in_batch: int, step: int) -> TaskSchedule:
