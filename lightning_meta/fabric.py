@@ -38,7 +38,7 @@ from lightning.fabric.wrappers import is_wrapped
 from torch import Tensor, nn
 
 from lightning_meta.engine import MetaLearner, TrajectoryRule
-from lightning_meta.engine.learner import Parallel
+from lightning_meta.validation import Parallel
 
 
 def fabric_meta_learner(

@@ -43,8 +43,8 @@ from lightning_meta.engine.meta_state import AllReduce, MetaState
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import RunawayGuard
 from lightning_meta.utils import ParamFilter, parameter_filter
+from lightning_meta.validation import PARALLEL, Parallel, check_choice
 
-Parallel = Literal["tasks", "data"]
 Buffers = Literal["reset", "keep"]
 
 
@@ -99,10 +99,8 @@ class MetaLearner:
         all_reduce: AllReduce | None = None,
         guard: RunawayGuard | bool = True,
     ) -> None:
-        if buffers not in ("reset", "keep"):
-            raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
-        if parallel not in ("tasks", "data"):
-            raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
+        check_choice(type(self).__name__, "buffers", buffers, ("reset", "keep"))
+        check_choice(type(self).__name__, "parallel", parallel, PARALLEL)
         selected = select_parameters(module, include)
         self.module = module
         self.rule = rule
@@ -159,14 +157,14 @@ class MetaLearner:
         """Record an inner step: call after ``backward`` and before the inner optimizer's ``step``; ``loss`` is the
         step's (unscaled) loss, needed by rules with ``needs_loss`` (Leap with ``loss=True``)."""
         grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
-        loss = self._global_loss(loss)
+        loss = self._global_loss(loss) if self.rule.needs_loss else None
         if loss is not None:
             self.losses = [loss if self.losses[0] is None else self.losses[0], loss]
         self.rule.step(self.live, grads, loss)
 
     def _global_loss(self, loss: Tensor | None) -> Tensor | None:
         """The loss in theta_0's precision, averaged over the processes under data-parallel training."""
-        if loss is None or not self.rule.needs_loss:
+        if loss is None:
             return None
         loss = loss.detach().to(self.theta_0[0].dtype)
         if self.parallel == "data" and self.all_reduce is not None:
@@ -192,7 +190,9 @@ class MetaLearner:
         """
         if self.rule.needs_final_loss and final_loss is None:
             raise ValueError(f"{type(self.rule).__name__} needs the loss at the task's last weights: pass final_loss=")
-        if callable(final_loss):
+        if not self.rule.needs_final_loss:
+            final_loss = None  # the rule does not use it: no forward pass, no collective
+        elif callable(final_loss):
             final_loss = final_loss()
         final_loss = self._global_loss(final_loss)
         meta_gradient = self.rule.end(self.live, final_loss)

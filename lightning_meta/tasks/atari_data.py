@@ -1,7 +1,7 @@
 """``AtariDataModule``: a stream of Atari games, ``inner_steps`` optimizer steps each, as rollouts.
 
 Task ``t`` of the stream is a game of the meta-training pool (each pass over the pool is a seeded permutation, as
-for image tasks); under DDP the :class:`~lightning_meta.tasks.schedule.TaskSchedule` a meta-learner installs says
+for image tasks); under DDP its :class:`~lightning_meta.tasks.schedule.TaskSchedule` says
 which task each process plays. Each batch is an empty :class:`~lightning_meta.tasks.rollouts.Rollout` that the
 module fills with its current policy (see :mod:`lightning_meta.tasks.rollouts`).
 
@@ -37,7 +37,7 @@ class RolloutStream:
         trainer = data.trainer
         batch = 0 if trainer is None else trainer.global_step * accumulation
         while True:
-            task = data.task_schedule().task(batch // accumulation)
+            task = data.schedule.task(batch // accumulation)
             game = data.game_of_task(task)
             yield Rollout(task, game, data.games.num_actions(game), source=data.collector)
             batch += 1
@@ -95,7 +95,7 @@ class AtariDataModule(StreamDataModule):
 
     def train_dataloader(self) -> RolloutStream:
         self.setup("fit")
-        self._check_distributed()
+        self._start_stream()
         return RolloutStream(self)
 
     def teardown(self, stage: str) -> None:

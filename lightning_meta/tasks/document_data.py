@@ -167,7 +167,7 @@ class DocumentDataModule(StreamDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        self._check_distributed()
+        self._start_stream()
         assert self._train_tasks is not None and self.meta_batch_size is not None
         per_epoch = self.tasks_per_epoch or len(self._train_tasks)
         world_size, rank = self._processes()
