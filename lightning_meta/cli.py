@@ -8,7 +8,7 @@ Example (shell)::
 
     lightning-meta --help                                  # the recipes, one command each
     lightning-meta fit --config recipes/omniglot/leap.yaml
-    lightning-meta fit --config recipes/omniglot/leap.yaml --trainer.max_steps=2000 --data.batch_size=10
+    lightning-meta fit --config recipes/omniglot/leap.yaml --data.max_meta_steps=50 --data.batch_size=10
     lightning-meta fit --config recipes/omniglot/leap.yaml --print_config   # the resolved config, then exit
     lightning-meta fit --help                              # every argument
 """
@@ -40,15 +40,14 @@ Meta-learning recipes for PyTorch Lightning. Run from the repository root; each 
 
   lightning-meta fit --config recipes/omniglot/leap.yaml --config recipes/omniglot/quick.yaml     # the main job
   lightning-meta fit --config recipes/omniglot/reptile.yaml --config recipes/omniglot/quick.yaml  # or finetune, scratch
-  lightning-meta fit --config recipes/omniglot/maml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
-  lightning-meta fit --config recipes/omniglot/fomaml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
+  lightning-meta fit --config recipes/omniglot/maml.yaml --config recipes/omniglot/quick.yaml     # or fomaml.yaml
   lightning-meta fit --config recipes/vision/leap.yaml --config recipes/vision/quick.yaml    # or finetune, scratch
   lightning-meta fit --config recipes/atari/quick.yaml           # needs pip install -e ".[atari]"; leap.yaml: GPU
   lightning-meta fit --config recipes/dynamical_lm/quick.yaml    # gpu.yaml: one GPU
   lightning-meta fit --config recipes/learned_optimizer/quadratics.yaml
 
 Without quick.yaml the Omniglot and vision configs run at the papers' sizes (for GPUs). Every argument is typed and
-overridable (--trainer.max_steps=100 --data.inner_steps=50). Runs are quiet and end with a summary of the results:
+overridable (--data.max_meta_steps=100 --data.inner_steps=50). Runs are quiet and end with a summary of the results:
 
   lightning-meta fit --help                         # every argument of fit (long)
   lightning-meta fit --config FILE --print_config   # a recipe's resolved config

@@ -32,7 +32,6 @@ from helpers import TinyClassifier, ToyFamily  # noqa: E402
 from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
 from lightning_meta.mixins import MAMLMixin  # noqa: E402
 from lightning_meta.tasks import EpisodeDataModule, TaskDataModule  # noqa: E402
-from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
 
 
 class NaNOnTask(TinyClassifier):
@@ -41,11 +40,14 @@ class NaNOnTask(TinyClassifier):
     def __init__(self, nan_task: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.nan_task = nan_task
+        self.poisoned = False
+
+    def start_task(self, task):  # TaskAware: the meta-learner says which task of the stream starts
+        self.poisoned = task.position is not None and task.position == self.nan_task
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
-        poisoned = self.nan_task is not None and getattr(batch, "task", None) == self.nan_task
-        return loss * float("nan") if poisoned else loss
+        return loss * float("nan") if self.poisoned else loss
 
 
 class TinyMAML(MAMLMixin, TinyClassifier):
@@ -74,21 +76,16 @@ def main(spec: dict) -> None:
     out = Path(spec["out"])
     family = ToyFamily(num_tasks=12, held_out=3)
     size = dict(inner_steps=spec["inner_steps"], meta_batch_size=spec["meta_batch_size"], batch_size=spec["batch_size"])
+    size["max_meta_steps"] = spec["meta_steps"]  # the data module stops fit there, whatever the processes
     callbacks: list[L.Callback] = []
     if spec["method"] == "maml":
         model: L.LightningModule = TinyMAML(spec["inner_steps"])
         data: L.LightningDataModule = EpisodeDataModule(family, query_size=8, **size)
-        max_steps = spec["meta_steps"]
     else:
         model = NaNOnTask(nan_task=spec.get("nan_task"))
-        task_batch = spec.get("task_batch")
-        data = TaskDataModule(family, task_batch=task_batch, **size)
+        data = TaskDataModule(family, task_batch=spec.get("task_batch"), parallel=spec["parallel"], **size)
         rule = Leap if spec["method"] == "leap" else Reptile
-        callbacks.append(rule(meta_lr=0.5, parallel=spec["parallel"]))
-        schedule = TaskSchedule(
-            spec["inner_steps"], spec["meta_batch_size"], spec["devices"], 0, spec["parallel"], task_batch=task_batch
-        )
-        max_steps = spec["meta_steps"] * spec["inner_steps"] * schedule.tasks_per_process // schedule.tasks_per_step
+        callbacks.append(rule(meta_lr=0.5))
     if spec.get("evaluate"):
         every = spec.get("evaluate_every", 0)
         baseline = spec.get("baseline", False)
@@ -101,7 +98,7 @@ def main(spec: dict) -> None:
     logger = L.pytorch.loggers.CSVLogger(out / "logs", name="", version="") if spec.get("csv") else False
     trainer = L.Trainer(
         accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",
-        use_distributed_sampler=False, max_steps=max_steps, callbacks=callbacks, logger=logger,
+        use_distributed_sampler=False, callbacks=callbacks, logger=logger,
         enable_checkpointing=bool(spec.get("checkpoint_every")), enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, default_root_dir=out,
     )

@@ -159,7 +159,7 @@ def test_leap_meta_learns_the_encoder_of_an_actor_critic_end_to_end(loss):
 def test_quick_recipe_end_to_end_with_wandb(tmp_path):
     main([
         "fit", "--config", str(ROOT / "recipes" / "atari" / "quick.yaml"),
-        "--trainer.max_steps=4", f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.max_meta_steps=1", f"--trainer.default_root_dir={tmp_path}",
         "--data.init_args.inner_steps=2", "--data.init_args.num_envs=2", "--data.init_args.max_episode_steps=10",
         "--trainer.logger=WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.logger.init_args.project=lightning-meta-test",

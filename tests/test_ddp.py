@@ -112,7 +112,7 @@ def test_the_recipe_runs_on_two_processes_from_the_command_line(tmp_path, glyph_
         "--config", str(RECIPES / "leap.yaml"), "--config", str(RECIPES / "quick.yaml"),
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=4",
-        "--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=4", "--model.init_args.channels=8",
+        "--data.inner_steps=2", "--data.meta_batch_size=2", "--data.max_meta_steps=2", "--model.init_args.channels=8",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
     ]

@@ -171,7 +171,7 @@ def command_line(capsys, args: list[str]) -> tuple[int, str]:
 def omniglot_quick(*extra: str) -> list[str]:
     omniglot = RECIPES / "omniglot"
     return ["fit", "--config", str(omniglot / "leap.yaml"), "--config", str(omniglot / "quick.yaml"),
-            "--trainer.enable_progress_bar=false", "--trainer.max_steps=1", *extra]  # fmt: skip
+            "--trainer.enable_progress_bar=false", "--data.max_meta_steps=null", "--trainer.max_steps=1", *extra]  # fmt: skip
 
 
 def overlay(tmp_path: Path, callbacks: str) -> str:
@@ -263,7 +263,7 @@ def test_the_console_script_exits_1_with_one_line_and_keeps_the_checkpoints_of_a
     args = omniglot_quick(
         "--config", overlay(tmp_path, callbacks), f"--data.family.init_args.root={glyph_root}",
         "--data.family.init_args.num_train=4", "--data.inner_steps=2", "--data.meta_batch_size=2",
-        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--trainer.max_steps=100",
+        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--data.max_meta_steps=25",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
     )  # fmt: skip
     command = [str(Path(sys.executable).with_name("lightning-meta")), *args]

@@ -59,7 +59,7 @@ from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.tasks.family import Split, Task, TaskInfo, dataset_length
 from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
-from lightning_meta.utils import run_dir, training_loss
+from lightning_meta.utils import muted_logging, run_dir, training_loss
 
 SCORING_BATCH = 1024
 """Samples per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
@@ -149,7 +149,7 @@ class Scoring:
     ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """``(mean loss, accuracy or None, {metric: value})`` of ``model`` on ``data``, all in one pass, with no
         gradients; scoring with batch statistics leaves the running statistics as training left them."""
-        with torch.no_grad():
+        with torch.no_grad(), muted_logging(model):
             model.train(batch_statistics)
             buffers = [buffer.clone() for buffer in model.buffers()] if batch_statistics else []
             size = dataset_length(data)

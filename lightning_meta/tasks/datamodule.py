@@ -10,7 +10,7 @@ Examples:
     >>> [tuple(batch.shape) for batch in data.train_dataloader()]   # what the data set collates to: a tensor
     [(4, 3), (4, 3), (4, 3), (4, 3), (4, 3), (4, 3)]
     >>> [data.task_info(position).task.name for position in range(3)]   # the task of each position of the stream
-    ['task-1', 'task-0', 'task-0']
+    ['task-0', 'task-1', 'task-1']
 
     Two tasks trained together: the same batches, stacked on a leading task dimension.
 
@@ -197,7 +197,8 @@ class StreamDataModule(L.LightningDataModule):
         if self._trainer_max_steps not in (-1, steps):
             raise MisconfigurationException(
                 f"Trainer(max_steps={self._trainer_max_steps}) disagrees with {type(self).__name__}(max_meta_steps="
-                f"{self.max_meta_steps}), which is {steps} optimizer steps of this process here: leave max_steps unset."
+                f"{self.max_meta_steps}), which is {steps} optimizer steps of this process here: leave max_steps unset, "
+                "or count steps yourself with max_meta_steps=None (--data.max_meta_steps=null)."
             )
         set_step_limit(trainer, steps)
 

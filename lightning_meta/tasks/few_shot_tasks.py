@@ -10,7 +10,7 @@ Examples:
     >>> import torch
     >>> from torch.utils.data import TensorDataset
     >>> from lightning_meta.tasks import FewShotTasks, TaskDataModule
-    >>> x, labels = torch.randn(400, 8), torch.arange(400) % 20          # 20 classes of 20 samples
+    >>> x, labels = torch.randn(400, 8), torch.arange(400) % 40          # 40 classes of 10 samples
     >>> family = FewShotTasks(TensorDataset(x, labels), ways=5, shots=1, queries=3, labels=labels.tolist())
     >>> task = family.task_at("train", 7)
     >>> len(task.train), len(task.test), task.num_classes
@@ -18,7 +18,7 @@ Examples:
     >>> sorted(int(y) for _, y in task.train)                           # labels remapped to 0..4
     [0, 1, 2, 3, 4]
     >>> len(family.classes["train"]), len(family.classes["val"]), len(family.classes["test"])
-    (13, 3, 4)
+    (26, 6, 8)
     >>> tasks = TaskDataModule(family, inner_steps=5, batch_size=5)       # ready for Leap or Reptile
 """
 

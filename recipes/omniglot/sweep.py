@@ -72,10 +72,10 @@ QUICK_GRIDS = {  # 3 values per axis
     "leap": grid(**{"Leap.meta_lr": [0.1, 0.3, 1.0]}),
 }
 QUICK = [  # 2 CPU cores: a narrower net, 10 inner steps, meta-batch 5, 20 meta-steps, no augmentation
-    "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--trainer.max_steps=1000",
+    "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--data.max_meta_steps=20",
     "--data.augment=false",
 ]
-QUICK_EPISODIC = ["--trainer.max_steps=20", "--trainer.limit_val_batches=0"]  # the same 20 meta-steps
+QUICK_EPISODIC = ["--trainer.limit_val_batches=0"]
 ANY = "any"  # the group of no pre-training: it does not depend on the meta-training alphabets
 COLUMNS = (  # header, metric, scale, digits
     ("held-out training-error AUC", "train_error_auc", 1.0, 3),
