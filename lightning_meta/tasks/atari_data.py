@@ -22,6 +22,7 @@ from lightning_meta.tasks.atari import AtariGames
 from lightning_meta.tasks.datamodule import StreamDataModule
 from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
 from lightning_meta.tasks.stream import stream_task_index
+from lightning_meta.validation import Parallel
 
 
 class RolloutStream:
@@ -48,8 +49,9 @@ class AtariDataModule(StreamDataModule):
 
     Args:
         games: the task family (default: :class:`~lightning_meta.tasks.AtariGames`'s pool and held-out games).
-        inner_steps: optimizer steps (rollouts) per task; meta-learning callbacks read it from here.
-        meta_batch_size: tasks per meta-step (``None``: the callback decides).
+        inner_steps, meta_batch_size, parallel, max_meta_steps: the task schedule
+            (:class:`~lightning_meta.tasks.StreamDataModule`): optimizer steps (rollouts) per task, tasks per
+            meta-step, how DDP processes share them, the meta-steps to run.
         num_envs: copies of the game played in parallel per process.
         unroll: steps per rollout (the n of the n-step returns).
         asynchronous: one process per game copy (gymnasium ``AsyncVectorEnv``) instead of all in the trainer's.
@@ -63,6 +65,8 @@ class AtariDataModule(StreamDataModule):
         games: AtariGames | None = None,
         inner_steps: int = 1000,
         meta_batch_size: int | None = None,
+        parallel: Parallel | None = None,
+        max_meta_steps: int | None = None,
         num_envs: int = 16,
         unroll: int = 5,
         asynchronous: bool = False,
@@ -70,7 +74,7 @@ class AtariDataModule(StreamDataModule):
         max_episode_steps: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(inner_steps, meta_batch_size)  # checks both sizes
+        super().__init__(inner_steps, meta_batch_size, parallel=parallel, max_meta_steps=max_meta_steps)
         self.games = games if games is not None else AtariGames()
         self.seed = seed
         # the settings of every collector this data module makes (a collector makes no environment until it plays)
