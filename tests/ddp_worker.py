@@ -5,7 +5,8 @@ CPU). Rank 0 writes ``result.pt``: the meta-learned init as a flat float64 vecto
 process (gathered) and what the callbacks counted. The spec is a JSON object:
 
     method: "leap" | "reptile" | "maml"; parallel: "tasks" | "data"; devices; meta_batch_size; inner_steps;
-    task_batch (tasks trained together, or null);
+    task_batch (tasks trained together, or null); batch: "images" (the default: (x, y) batches of a classifier) or
+    "dict" (dict batches of a regression, through DictRegression);
     meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
     end, and every ``evaluate_every`` meta-steps; with the initial weights' curves if ``baseline``); checkpoint_every
     (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
@@ -27,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import TinyClassifier, ToyFamily  # noqa: E402
+from helpers import DictRegression, DictSamples, TinyClassifier, ToyFamily, regression_data  # noqa: E402
 
 from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
 from lightning_meta.mixins import MAMLMixin  # noqa: E402
-from lightning_meta.tasks import EpisodeDataModule, TaskDataModule  # noqa: E402
+from lightning_meta.tasks import DatasetTasks, EpisodeDataModule, TaskDataModule  # noqa: E402
 
 
 class NaNOnTask(TinyClassifier):
@@ -75,14 +76,19 @@ def main(spec: dict) -> None:
     torch.manual_seed(0)
     out = Path(spec["out"])
     family = ToyFamily(num_tasks=12, held_out=3)
+    if spec.get("batch") == "dict":
+        family = DatasetTasks([DictSamples(regression_data(seed)) for seed in range(12)], val=[9, 10], test=[11])
     size = dict(inner_steps=spec["inner_steps"], meta_batch_size=spec["meta_batch_size"], batch_size=spec["batch_size"])
     size["max_meta_steps"] = spec["meta_steps"]  # the data module stops fit there, whatever the processes
     callbacks: list[L.Callback] = []
     if spec["method"] == "maml":
         model: L.LightningModule = TinyMAML(spec["inner_steps"])
         data: L.LightningDataModule = EpisodeDataModule(family, query_size=8, **size)
+    elif spec.get("batch") == "dict":
+        model = DictRegression()
     else:
         model = NaNOnTask(nan_task=spec.get("nan_task"))
+    if spec["method"] != "maml":
         data = TaskDataModule(family, task_batch=spec.get("task_batch"), parallel=spec["parallel"], **size)
         rule = Leap if spec["method"] == "leap" else Reptile
         callbacks.append(rule(meta_lr=0.5))

@@ -15,17 +15,17 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import flat, make_trainer
+from helpers import DictRegression, DictSamples, flat, make_trainer, regression_data
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lightning.pytorch.demos.transformer import LightningTransformer
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import Dataset, TensorDataset, default_collate
+from torch.utils.data import TensorDataset, default_collate
 from torchmetrics.regression import MeanSquaredError
 from torchmetrics.text import Perplexity
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit, Reptile
-from lightning_meta.engine import LeapRule, MetaLearner, ReptileRule, TrajectoryRule
+from lightning_meta.engine import LeapRule, MetaLearner, TrajectoryRule
 from lightning_meta.fabric import fabric_meta_learner
 from lightning_meta.tasks import DatasetTasks, FewShotTasks, SeededTasks, Task, TaskDataModule, TaskInfo
 from lightning_meta.tasks.schedule import TaskSchedule
@@ -35,22 +35,6 @@ K, META_BATCH, META_STEPS, LR = 3, 2, 2, 0.1
 
 
 # ---------------------------------------------------------------------------------------------- modules and data
-class DictRegression(L.LightningModule):
-    """A module whose batches are dicts: ``{"features": [B, 4], "target": [B]}``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        self.seen: list[type] = []
-
-    def training_step(self, batch, batch_idx):
-        self.seen.append(type(batch))
-        return F.mse_loss(self.net(batch["features"]).squeeze(-1), batch["target"])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=LR)
-
-
 class WeightedTriples(L.LightningModule):
     """A module whose batches are 3-tuples ``(x, y, weight)``."""
 
@@ -64,24 +48,6 @@ class WeightedTriples(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR)
-
-
-class DictSamples(Dataset):
-    def __init__(self, data: TensorDataset) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        x, y = self.data[index]
-        return {"features": x, "target": y}
-
-
-def regression_data(seed: int, size: int = 24) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, 4, generator=g)
-    return TensorDataset(x, x @ torch.randn(4, generator=g))
 
 
 KINDS = {  # batch structure -> (module, one task's data set of that structure)
