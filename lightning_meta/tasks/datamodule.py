@@ -197,8 +197,8 @@ class StreamDataModule(L.LightningDataModule):
         if self._trainer_max_steps not in (-1, steps):
             raise MisconfigurationException(
                 f"Trainer(max_steps={self._trainer_max_steps}) disagrees with {type(self).__name__}(max_meta_steps="
-                f"{self.max_meta_steps}), which is {steps} optimizer steps of this process here: leave max_steps unset, "
-                "or count steps yourself with max_meta_steps=None (--data.max_meta_steps=null)."
+                f"{self.max_meta_steps}), which is {steps} optimizer steps of this process here: leave max_steps "
+                "unset, or count steps yourself with max_meta_steps=None (--data.max_meta_steps=null)."
             )
         set_step_limit(trainer, steps)
 

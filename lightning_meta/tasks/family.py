@@ -161,6 +161,22 @@ class TaskFamily:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+class IndexedFamily(TaskFamily):
+    """A family whose tasks are made from their index (:meth:`task_at`), with a count per split in ``counts``
+    (``None``: no end)."""
+
+    counts: dict[str, int | None]
+
+    def num_tasks(self, split: Split) -> int | None:
+        self._check_split(split)
+        return self.counts[split]
+
+    def _check_index(self, split: Split, index: int) -> None:
+        count = self.num_tasks(split)
+        if index < 0 or (count is not None and index >= count):
+            raise IndexError(f"{type(self).__name__} has {count} {split!r} tasks, no task {index}")
+
+
 TaskData = Dataset | tuple[Dataset, Dataset] | Task
 """What a ready-made family accepts as one task: a data set (a seeded share of it is held out), a pair ``(train,
 held_out)``, or a :class:`Task` (its name and metadata kept or, for a name, replaced)."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from lightning_meta.tasks.family import SPLITS, Split, Task, TaskFamily, dataset_length
+from lightning_meta.tasks.family import SPLITS, IndexedFamily, Split, Task, dataset_length
 from lightning_meta.validation import check_positive
 
 
@@ -65,7 +65,7 @@ def dataset_labels(dataset: Dataset) -> list[int]:
     return [int(dataset[i][1]) for i in range(dataset_length(dataset))]
 
 
-class FewShotTasks(TaskFamily):
+class FewShotTasks(IndexedFamily):
     """N-way K-shot classification tasks from one labelled data set of ``(input, label)`` samples.
 
     Args:
@@ -132,14 +132,8 @@ class FewShotTasks(TaskFamily):
         cuts = np.round(np.cumsum(classes) / sum(classes) * len(order)).astype(int)
         return {split: order[start:end].tolist() for split, start, end in zip(SPLITS, (0, *cuts[:2]), cuts)}
 
-    def num_tasks(self, split: Split) -> int | None:
-        self._check_split(split)
-        return self.counts[split]
-
     def task_at(self, split: Split, index: int) -> Task:
-        count = self.num_tasks(split)
-        if index < 0 or (count is not None and index >= count):
-            raise IndexError(f"FewShotTasks has {count} {split!r} tasks, no task {index}")
+        self._check_index(split, index)
         rng = np.random.default_rng([self.seed, 1 + SPLITS.index(split), index])
         drawn = rng.choice(self.classes[split], size=self.ways, replace=False).tolist()
         train: list[int] = []

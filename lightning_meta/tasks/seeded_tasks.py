@@ -27,11 +27,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lightning_meta.tasks.family import SPLITS, Split, Task, TaskData, TaskFamily, as_task
+from lightning_meta.tasks.family import SPLITS, IndexedFamily, Split, Task, TaskData, as_task
 from lightning_meta.validation import check_positive
 
 
-class SeededTasks(TaskFamily):
+class SeededTasks(IndexedFamily):
     """Tasks made by ``make(seed)``, one seed per task, the seeds of each split disjoint streams.
 
     Args:
@@ -78,13 +78,7 @@ class SeededTasks(TaskFamily):
         """
         return int(np.random.SeedSequence([self.seed, SPLITS.index(split), index]).generate_state(1)[0])
 
-    def num_tasks(self, split: Split) -> int | None:
-        self._check_split(split)
-        return self.counts[split]
-
     def task_at(self, split: Split, index: int) -> Task:
-        count = self.num_tasks(split)
-        if index < 0 or (count is not None and index >= count):
-            raise IndexError(f"SeededTasks has {count} {split!r} tasks, no task {index}")
+        self._check_index(split, index)
         seed = self.task_seed(split, index)
         return as_task(f"{self.name}-{split}-{index}", self.make(seed), self.held_out, seed)
