@@ -194,8 +194,8 @@ LEAP = "    - class_path: lightning_meta.Leap\n      init_args:\n"
         (["--data.family.ways=0"], "--data.family.ways=0: ways must be in 1..20, got 0"),
         (["--data.family.num_train=99"], "--data.family.num_train=99: num_train=99 exceeds the 47 alphabets left"),
         (["--data.family=omniglot"], "--data.family=omniglot: family='omniglot' needs root="),
-        ([LEAP + "        inner_steps: 5\n"], "trainer.callbacks[0].inner_steps=5: Leap: inner_steps=5 disagrees with"),
-        ([LEAP + "        meta_batch_size: 0\n"], "trainer.callbacks[0].meta_batch_size=0: meta_batch_size must be"),
+        (["--data.meta_batch_size=0"], "--data.meta_batch_size=0: TaskDataModule: meta_batch_size must be >= 1, got 0"),
+        (["--data.max_meta_steps=-1"], "--data.max_meta_steps=-1: TaskDataModule: max_meta_steps must be >= 0, got -1"),
         (
             [LEAP + "        guard:\n          class_path: lightning_meta.engine.RunawayGuard\n"
              "          init_args: {loss_ratio: 0.5}\n"],
@@ -263,7 +263,7 @@ def test_the_console_script_exits_1_with_one_line_and_keeps_the_checkpoints_of_a
     args = omniglot_quick(
         "--config", overlay(tmp_path, callbacks), f"--data.family.init_args.root={glyph_root}",
         "--data.family.init_args.num_train=4", "--data.inner_steps=2", "--data.meta_batch_size=2",
-        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--data.max_meta_steps=25",
+        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--data.max_meta_steps=25", "--trainer.max_steps=-1",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
     )  # fmt: skip
     command = [str(Path(sys.executable).with_name("lightning-meta")), *args]
