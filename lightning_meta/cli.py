@@ -28,11 +28,13 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_module
+from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
 
-from lightning_meta.callbacks import MetaProgressBar, RunSummary
+from lightning_meta.callbacks import CheckpointOnSignal, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
+from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.cli_errors import run_reporting_errors
+from lightning_meta.run_folders import claim_version
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
 RECIPES = """\
@@ -96,8 +98,16 @@ class MetaCLI(LightningCLI):
     any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
-    or another one is configured) and a :class:`~lightning_meta.callbacks.RunSummary`; ``--verbose`` lets Lightning's
-    tips and the libraries' warnings through."""
+    or another one is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
+    :class:`~lightning_meta.callbacks.CheckpointOnSignal` (SIGTERM or SIGINT: saved, the command that resumes, exit
+    status 143 or 130); checkpoints are written atomically (:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO`)
+    and each logger's version folder is claimed before fit (:func:`~lightning_meta.run_folders.claim_version`), so two
+    runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings through."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self.command_line = None if isinstance(given, dict) else list(sys.argv[1:] if given is None else given)
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -136,6 +146,11 @@ class MetaCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self.subcommand is not None:
+            use_atomic_checkpoints(self.trainer)
+            if rank_zero_only.rank == 0:  # the process that starts the run; DDP's others take its folder
+                for logger in self.trainer.loggers:
+                    claim_version(logger)
         wandb = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb:
             wandb_offline_without_key()
@@ -154,6 +169,9 @@ class MetaCLI(LightningCLI):
             defaults.append(RunSummary())
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             defaults.append(MetaProgressBar())
+        if not any(isinstance(c, CheckpointOnSignal) for c in configured):
+            command = None if self.command_line is None else ["lightning-meta", *self.command_line]
+            defaults.append(CheckpointOnSignal(resume_command=command))
         self.trainer_defaults["callbacks"] = defaults
         return super().instantiate_trainer(**kwargs)
 
@@ -181,7 +199,8 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
 
 def command() -> None:
     """The console script: runs :func:`main`; exits with status 0, or prints a bad value's key, value and rule in one
-    line and exits with status 1 (:mod:`lightning_meta.cli_errors`; ``--debug`` shows the traceback)."""
+    line and exits with status 1 (:mod:`lightning_meta.cli_errors`; ``--debug`` shows the traceback), or, stopped by
+    SIGTERM or SIGINT, exits with status 143 or 130 once the run is saved."""
     sys.exit(run_reporting_errors(main, sys.argv))
 
 

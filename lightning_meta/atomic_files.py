@@ -1,0 +1,104 @@
+"""Files written whole or not at all: a temporary file in the same folder, flushed to disk, then renamed.
+
+A process killed in the middle of :func:`write_atomically`, or a disk that fills up, never leaves a partial file
+under the final name: the rename (``os.replace``) is atomic on POSIX and Windows, and the old file, if any, stays
+until the new one is complete. A full disk is a :class:`DiskFull` error naming the folder and the bytes the file
+needs; the temporary file is removed. A process killed with SIGKILL mid-write can leave its hidden temporary file
+(``.<name>.<random>.tmp``) behind, never a file with the final name.
+
+Examples:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> write_atomically(path, lambda file: file.write(b"whole"))
+    >>> path.read_bytes(), [p.name for p in path.parent.iterdir()]
+    (b'whole', ['notes.txt'])
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""The errors of a write that does not fit: no space left, quota exceeded, file too large."""
+
+
+class DiskFull(OSError):
+    """A file did not fit where it was written; nothing was left under its name. ``errno`` says why (see
+    :data:`FULL`); the message is one line."""
+
+    def __init__(self, message: str, code: int = errno.ENOSPC) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class _Counter:
+    """A write-only sink that counts the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.size += len(memoryview(data).cast("B"))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+
+def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a binary file that becomes ``path`` once ``write`` returns and the bytes are on disk.
+
+    Raises:
+        DiskFull: the file did not fit (its folder, the bytes it needs and the bytes free are in the message).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove(temporary)
+        if error.errno not in FULL:
+            raise
+        needed = _Counter()
+        write(needed)  # type: ignore[arg-type]  # what the file takes, without writing it
+        free = shutil.disk_usage(path.parent).free
+        raise DiskFull(
+            f"no space left for {path.name} in {path.parent}: it needs {needed.size:,} bytes, {free:,} are free "
+            f"({os.strerror(error.errno)})",
+            error.errno,
+        ) from None
+    except BaseException:
+        _remove(temporary)
+        raise
+    _sync_folder(path.parent)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (where folders can be opened, as on POSIX)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:  # some file systems refuse to sync a folder
+        pass
+    finally:
+        os.close(handle)
