@@ -148,7 +148,7 @@ class MetaCLI(LightningCLI):
         super().after_instantiate_classes()
         if self.subcommand is not None:
             use_atomic_checkpoints(self.trainer)
-            if rank_zero_only.rank == 0:  # the process that starts the run; DDP's others take its folder
+            if getattr(rank_zero_only, "rank", 0) == 0:  # the process that starts the run; DDP's others take its folder
                 for logger in self.trainer.loggers:
                     claim_version(logger)
         wandb = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]

@@ -89,8 +89,8 @@ def catching_stop_signals(listener: Listener | None = None) -> Iterator[None]:
             _record.previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     _record.depth += 1
     if threading.current_thread() is threading.main_thread():  # every block: a library may have replaced them
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, _handle)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, _handle)
     if listener is not None:
         _record.listeners.append(listener)
     try:
