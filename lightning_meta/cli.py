@@ -33,7 +33,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_on
 from lightning_meta.callbacks import CheckpointOnSignal, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.checkpoint_io import use_atomic_checkpoints
-from lightning_meta.cli_errors import run_reporting_errors
+from lightning_meta.cli_errors import flag_of, run_reporting_errors
+from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
 from lightning_meta.run_folders import claim_version
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
@@ -107,6 +108,8 @@ class MetaCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
         self.command_line = None if isinstance(given, dict) else list(sys.argv[1:] if given is None else given)
+        self.resumed: tuple[str, dict[str, Any], Any] | None = None  # --ckpt_path, its checkpoint, the parsed model
+        self.kept: list[tuple[str, Any, Any]] = []  # model arguments configured otherwise than the checkpoint says
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -123,14 +126,19 @@ class MetaCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check that ``--ckpt_path`` names a readable checkpoint: a truncated or foreign file fails here
-        with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it."""
+        with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it; and that it is
+        a checkpoint of the configured model class (:mod:`lightning_meta.resume_checks`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is None or path in ("last", "best", "hpc", "registry") or str(path).startswith("registry:"):
             return  # Lightning's keywords: Lightning finds and reads the file
         if "://" not in str(path):  # remote files are Lightning's to read
-            load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            model = self.config[subcommand].get("model")
+            if model is not None:
+                check_resumed_class(checkpoint, model, path)
+                self.resumed = (str(path), checkpoint, model.clone())
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -143,9 +151,24 @@ class MetaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if not self._get(self.config, "verbose", default=False):
             quiet()
+        if self.resumed is not None and self.subcommand is not None:
+            path, _, written = self.resumed
+            self.kept = keep_configured_values(written, self.config[self.subcommand]["model"])
+            for name, configured, saved in self.kept:
+                if getattr(rank_zero_only, "rank", 0) == 0:
+                    print(f"lightning-meta: {self._model_flag(name)}={configured} replaces the checkpoint's "
+                          f"{name}={saved} ({path})", file=sys.stderr)
+
+    def _model_flag(self, name: str) -> str:
+        """The model argument's flag as the user wrote it (``--model.init_args.lr`` or ``--model.lr``)."""
+        return flag_of(["model", name], self.command_line or [])
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self.resumed is not None:
+            path, checkpoint, _ = self.resumed
+            kept = [f"{self._model_flag(name)}={value} (the checkpoint's {saved})" for name, value, saved in self.kept]
+            check_weights_fit(checkpoint, self.model, path, ", ".join(kept))
         if self.subcommand is not None:
             use_atomic_checkpoints(self.trainer)
             if getattr(rank_zero_only, "rank", 0) == 0:  # the process that starts the run; DDP's others take its folder

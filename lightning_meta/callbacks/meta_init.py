@@ -38,9 +38,10 @@ from typing_extensions import override
 
 from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
+from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
 from lightning_meta.engine.learner import Buffers, select_parameters
-from lightning_meta.engine.meta_state import optimizer_class
+from lightning_meta.engine.meta_state import check_meta_lr, optimizer_class
 from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.schedule import Parallel, TaskSchedule
 from lightning_meta.tasks.stream import batch_tasks
@@ -136,6 +137,7 @@ class MetaInit(L.Callback):
         if parallel not in ("tasks", "data"):
             raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
         optimizer_class(meta_optimizer)  # a wrong name fails here, not at the start of fit
+        check_meta_lr(meta_lr)  # as does a meta_lr torch.optim would refuse
         self.rule = rule
         self.inner_steps = inner_steps
         self.meta_batch_size = meta_batch_size
@@ -222,6 +224,7 @@ class MetaInit(L.Callback):
                 )
             TaskBatchedTraining.check_setup(trainer, schedule.task_batch, name)
         self._trainer = trainer
+        use_atomic_checkpoints(trainer)  # final.ckpt and the checkpoints a diverged run names: whole or not at all
         datamodule = task_datamodule(trainer)
         if datamodule is not None:
             datamodule.schedule = schedule
