@@ -140,7 +140,7 @@ def test_the_guard_state_resumes_exactly():
     straight.add_task([torch.tensor([2.0, 0.0])])  # half of the next meta-batch
     resumed = state()
     resumed.load_state_dict(deepcopy(straight.state_dict()))
-    expected = {"norms": [2.0], "meta_steps": 1, "norm_sum": 2.0, "failures": []}
+    expected = {"norms": [2.0], "meta_steps": 1, "norm_sum": 2.0, "failures": [], "start_tasks": [2, 2]}  # 2 of 2 kept
     assert resumed.guard.state_dict() == straight.guard.state_dict() == expected
     for run in (straight, resumed):  # norm 4.5 > norm_ratio 2 x the typical 2: dropped by both
         assert not run.add_task([torch.tensor([4.5, 0.0])])
