@@ -67,22 +67,33 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> 
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        if error.errno not in FULL:
+        full = _full(error)
+        if full is None:
             raise
         needed = _Counter()
         write(needed)  # type: ignore[arg-type]  # what the file takes, without writing it
         free = shutil.disk_usage(path.parent).free
         raise DiskFull(
             f"no space left for {path.name} in {path.parent}: it needs {needed.size:,} bytes, {free:,} are free "
-            f"({os.strerror(error.errno)})",
-            error.errno,
+            f"({os.strerror(full)})",
+            full,
         ) from None
-    except BaseException:
-        _remove(temporary)
-        raise
     _sync_folder(path.parent)
+
+
+def _full(error: BaseException) -> int | None:
+    """The errno of a write that did not fit, in ``error`` or in the errors it was raised from or while handling
+    (``torch.save`` reports a failed write as a ``RuntimeError`` of its zip writer)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FULL:
+            return current.errno
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _remove(path: str) -> None:

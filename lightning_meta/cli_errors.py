@@ -164,8 +164,9 @@ def _raised_by_library(error: BaseException) -> bool:
 
 def _library_error(error: BaseException) -> BaseException | None:
     """The innermost error of the chain that the library raised about the user's input, if any."""
-    if isinstance(error, WENT_WRONG):
-        return error
+    went_wrong = [e for e in _chain(error) if isinstance(e, WENT_WRONG)]  # e.g. a full disk, then a log that failed
+    if went_wrong:
+        return went_wrong[-1]
     found = [e for e in _chain(error) if isinstance(e, REPORTED) and _raised_by_library(e)]
     return found[-1] if found else None
 
