@@ -66,7 +66,8 @@ def test_a_full_disk_leaves_whole_checkpoints_only_and_names_the_last_one(tmp_pa
     message = str(full.value)
     last = tmp_path / "epoch=0-step=4.ckpt"
     assert "\n" not in message and message.startswith("checkpoint not written: no space left for epoch=")
-    assert f" in {tmp_path}: it needs " in message and message.endswith(f"then resume from {last}, the last complete one")
+    assert f" in {tmp_path}: it needs " in message
+    assert message.endswith(f"then resume from {last}, the last complete one")
     needed = int(message.split("it needs ")[1].split(" bytes")[0].replace(",", ""))
     assert abs(needed - last.stat().st_size) < 0.2 * needed  # about the size of the one before it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]  # no .tmp

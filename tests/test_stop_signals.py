@@ -15,7 +15,6 @@ import lightning as L
 import pytest
 import torch
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from test_ddp import fresh_environment
@@ -70,7 +69,9 @@ def fit(folder: Path, callbacks, ckpt_path=None, accumulate: int = 1):
     [(signal.SIGTERM, 1, 0), (signal.SIGINT, 1, 0), (signal.SIGTERM, 2, 0)],
     ids=["sigterm", "sigint", "sigterm-inside-an-accumulation-window"],
 )
-def test_a_stop_signal_saves_at_the_step_boundary_and_resuming_equals_never_stopping(tmp_path, signum, accumulate, micro):
+def test_a_stop_signal_saves_at_the_step_boundary_and_resuming_equals_never_stopping(
+    tmp_path, signum, accumulate, micro
+):
     straight, history, _ = fit(tmp_path / "straight", [], accumulate=accumulate)
     stop = CheckpointOnSignal()
     with pytest.raises(SIGTERMException) as stopped:
@@ -134,7 +135,8 @@ def test_sigterm_to_the_command_saves_names_the_resume_command_and_exits_143(tmp
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args: {every_n_train_steps: 2}\n"
     )
     args = [
-        "fit", "--config", str(RECIPES / "omniglot" / "leap.yaml"), "--config", str(RECIPES / "omniglot" / "quick.yaml"),
+        "fit", "--config", str(RECIPES / "omniglot" / "leap.yaml"),
+        "--config", str(RECIPES / "omniglot" / "quick.yaml"),
         "--config", str(every_2), f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=4",
         "--data.inner_steps=2", "--data.meta_batch_size=2", "--model.init_args.channels=8",
         "--trainer.max_steps=100000", "--trainer.enable_progress_bar=false",
@@ -153,7 +155,7 @@ def test_sigterm_to_the_command_saves_names_the_resume_command_and_exits_143(tmp
     line = err.strip().splitlines()[-1]
     saved = folder / INTERRUPTED
     step = load_checkpoint(saved)["global_step"]
-    assert line.startswith(f"lightning-meta: stopped by SIGTERM after step {step}; the run is saved in {saved}; resume: ")
+    assert line.startswith(f"lightning-meta: stopped by SIGTERM after step {step}; the run is saved in {saved}; ")
     resume = line.split("; resume: ", 1)[1].split()
     assert resume == ["lightning-meta", *args, f"--ckpt_path={saved}"]
     again = subprocess.run(
