@@ -17,7 +17,7 @@ import torch
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from test_ddp import fresh_environment
+from test_ddp import assert_same_init, fresh_environment, run
 
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import CheckpointOnSignal
@@ -165,3 +165,19 @@ def test_sigterm_to_the_command_saves_names_the_resume_command_and_exits_143(tmp
     assert again.returncode == 0, again.stderr[-3000:]
     final = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "final.ckpt"
     assert load_checkpoint(final)["global_step"] == step + 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_under_ddp_a_signal_to_one_process_stops_both_at_the_same_step_saved(tmp_path):
+    """Task-parallel Leap on 2 processes (2 tasks of 3 steps each per meta-step: boundaries at steps 6, 12, 18, 24);
+    only rank 1 gets SIGTERM, at step 4: both wait for the meta-step boundary (their partial meta-batches are not in a
+    checkpoint), save once there, exit with 143; resumed on 2 processes it ends where the run never stopped ends."""
+    spec = dict(method="leap", devices=2, meta_steps=4, checkpoint_every=100)
+    run(tmp_path, "stopped", returncode=143, signal_at=4, signal_rank=1, **spec)
+    saved = tmp_path / "stopped" / "checkpoints" / INTERRUPTED
+    assert load_checkpoint(saved)["global_step"] == 6
+    resumed = run(tmp_path, "resumed", resume=str(saved), **spec)
+    straight = run(tmp_path, "straight", **spec)
+    assert resumed["global_step"] == straight["global_step"] == 24
+    assert_same_init(resumed, straight)

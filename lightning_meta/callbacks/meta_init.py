@@ -186,6 +186,13 @@ class MetaInit(L.Callback):
         """Meta-steps taken (0 before fit)."""
         return self.learner.meta_steps if self.learner is not None else 0
 
+    def resumable_now(self, trainer: L.Trainer) -> bool:
+        """Whether a checkpoint saved at this step resumes exactly: always, except for a task-parallel run on several
+        processes inside a meta-batch (its other processes' partial tasks are not in the checkpoint)."""
+        schedule = self.schedule
+        at_boundary = self._learner().state.tasks_in_batch == 0 and schedule.ends_task(trainer.global_step)
+        return not schedule.task_parallel or at_boundary
+
     def _learner(self) -> MetaLearner:
         if self.learner is None:
             raise RuntimeError(f"{type(self).__name__}: the meta-learner is built when fit starts")

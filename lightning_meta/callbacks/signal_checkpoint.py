@@ -9,7 +9,11 @@ never inside a gradient-accumulation window): the run's full state goes to ``int
 resume, and fit stops through Lightning's own SIGTERM exit, whose ``SystemExit`` carries the status
 ``128 + signal`` (143 for SIGTERM, 130 for SIGINT). Resuming from the file continues exactly where the run stopped:
 the same steps, the same meta-state, the same logged metrics as a run that was never stopped. Under DDP the
-processes agree at each step boundary (one small collective) and stop together.
+processes agree at each step boundary (one boolean all-reduce; Lightning itself broadcasts its SIGTERM flag at every
+step) and stop together. A callback whose state resumes only at some steps
+(:class:`~lightning_meta.protocols.ResumePoints`: a task-parallel :class:`~lightning_meta.MetaInit` on several
+processes, whose partial meta-batch lives on every process) makes the save wait for the next such step: there, the
+next meta-step boundary.
 
 A signal after the last training step (while ``final.ckpt`` is written or the final evaluation runs) is answered
 by the signal's usual effect once training has ended; ``final.ckpt`` then holds theta_0. ``lightning-meta`` adds
@@ -37,6 +41,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_meta import stop_signals
+from lightning_meta.protocols import ResumePoints
 from lightning_meta.utils import run_dir
 
 INTERRUPTED = "interrupted.ckpt"
@@ -101,6 +106,9 @@ class CheckpointOnSignal(L.Callback):
             signum = trainer.strategy.broadcast(signum or signal.SIGTERM)
         elif signum is None:
             return
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        if not all(c.resumable_now(trainer) for c in callbacks if isinstance(c, ResumePoints)):
+            return  # e.g. inside a task-parallel meta-batch on several processes: wait for its end
         directory = getattr(trainer.checkpoint_callback, "dirpath", None)
         path = Path(directory) if directory is not None else run_dir(trainer) / "checkpoints"
         trainer.save_checkpoint(path / self.filename, weights_only=False)  # the whole state: a run resumes from it
