@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -60,7 +60,7 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _temporary_beside(path)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -81,6 +81,17 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> 
             full,
         ) from None
     _sync_folder(path.parent)
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new hidden file in ``path``'s folder, open for writing, with the permissions the umask gives a new file
+    (``tempfile.mkstemp`` would make it readable by its owner only)."""
+    while True:
+        name = str(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"))
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
 
 
 def _full(error: BaseException) -> int | None:

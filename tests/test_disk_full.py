@@ -86,6 +86,8 @@ def test_a_write_that_fails_otherwise_keeps_its_error_and_leaves_nothing(tmp_pat
     assert list(tmp_path.iterdir()) == []
     io = AtomicCheckpointIO()
     io.save_checkpoint({"state_dict": {}, "global_step": 1}, tmp_path / "a.ckpt")
+    (tmp_path / "plain").write_bytes(b"")
+    assert (tmp_path / "a.ckpt").stat().st_mode == (tmp_path / "plain").stat().st_mode  # the umask's, as open()'s
     io.remove_checkpoint(tmp_path / "a.ckpt")
     assert io.latest() is None and io.written == []
 
