@@ -4,7 +4,7 @@
 
 ``scores``: cells that wait until two sweeps run on OUT (a barrier), record which process ran them, and score;
 ``fits``: cells that are real tiny Leap fits, which run until a stop signal unless ``SWEEP_STEPS`` caps them, and
-resume from the checkpoint a stop left.
+resume from the checkpoint a stop left (for 4 more steps).
 """
 
 from __future__ import annotations
@@ -56,19 +56,21 @@ class Started(L.Callback):
 
 
 def fit_until_stopped(cell: Cell, folder: Path, extra: tuple[L.Callback, ...] = ()) -> list[dict[str, object]]:
-    """A tiny Leap fit of ``SWEEP_STEPS`` steps (default: until stopped), resumed from a stopped run's checkpoint."""
+    """A tiny Leap fit of ``SWEEP_STEPS`` steps (default: until stopped); resumed from a stopped run's checkpoint,
+    4 steps more than it holds."""
     torch.manual_seed(cell.run_seed)
     folder.mkdir(parents=True, exist_ok=True)
     resume = interrupted_checkpoint(folder)
+    resumed_from = -1 if resume is None else load_checkpoint(resume)["global_step"]
+    steps = resumed_from + 4 if resume is not None else int(os.environ.get("SWEEP_STEPS", 10**9))
     leap = Leap(meta_lr=dict(cell.setting).get("Leap.meta_lr", 0.1))
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=int(os.environ.get("SWEEP_STEPS", 10**9)), logger=False,
+        accelerator="cpu", max_steps=steps, logger=False,
         callbacks=[leap, CheckpointOnSignal(), Started(folder), *extra], enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=folder,
     )  # fmt: skip
     data = TaskDataModule(ToyFamily(num_tasks=8, held_out=2), inner_steps=2, meta_batch_size=2, batch_size=8)
     trainer.fit(TinyClassifier(), datamodule=data, ckpt_path=resume)
-    resumed_from = -1 if resume is None else load_checkpoint(resume)["global_step"]
     return [{"auc": float(flat(leap.theta_0).norm()), "pid": os.getpid(), "resumed_from": resumed_from}]
 
 
