@@ -34,6 +34,8 @@ from typing_extensions import get_protocol_members
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import lightning as L
+
     from lightning_meta.tasks.family import Split, Task, TaskInfo
 
 P = TypeVar("P")
@@ -106,6 +108,15 @@ class CountsMetaSteps(Protocol):
     :class:`~lightning_meta.tasks.schedule.TaskSchedule` has the same method)."""
 
     def meta_steps_done(self, optimizer_steps: int) -> int: ...
+
+
+@runtime_checkable
+class ResumePoints(Protocol):
+    """A callback whose state resumes exactly only at some steps (a task-parallel meta-learner on several processes:
+    at meta-step boundaries); :class:`~lightning_meta.callbacks.CheckpointOnSignal` saves at the first step where
+    every such callback says yes."""
+
+    def resumable_now(self, trainer: L.Trainer) -> bool: ...
 
 
 @runtime_checkable

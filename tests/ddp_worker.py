@@ -10,8 +10,9 @@ process (gathered) and what the callbacks counted. The spec is a JSON object:
     meta_steps; batch_size; nan_task (a stream task whose loss is NaN, or null); evaluate (MetaEvaluation at the
     end, and every ``evaluate_every`` meta-steps; with the initial weights' curves if ``baseline``); checkpoint_every
     (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
-    step; only the process of rank kill_rank if that is given); csv (log to out/logs with a CSVLogger); resume (a
-    checkpoint to resume from); out (a folder).
+    step; only the process of rank kill_rank if that is given); signal_at (the process of rank signal_rank sends
+    itself SIGTERM during this step, with a CheckpointOnSignal callback on every process); csv (log to out/logs with
+    a CSVLogger); resume (a checkpoint to resume from); out (a folder).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import DictRegression, DictSamples, TinyClassifier, ToyFamily, regression_data  # noqa: E402
 
 from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
+from lightning_meta.callbacks import CheckpointOnSignal  # noqa: E402
 from lightning_meta.mixins import MAMLMixin  # noqa: E402
 from lightning_meta.tasks import DatasetTasks, EpisodeDataModule, TaskDataModule  # noqa: E402
 
@@ -71,6 +73,18 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SigtermAt(L.Callback):
+    """SIGTERM to this process in the middle of optimizer step ``step``, on the process of rank ``rank`` only."""
+
+    def __init__(self, step: int, rank: int) -> None:
+        self.step = step
+        self.rank = rank
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(spec: dict) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -101,6 +115,8 @@ def main(spec: dict) -> None:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(out / "checkpoints", every_n_train_steps=every, save_top_k=-1))
     if spec.get("kill_at"):
         callbacks.append(KillAt(spec["kill_at"], spec.get("kill_rank")))
+    if spec.get("signal_at"):
+        callbacks += [SigtermAt(spec["signal_at"], spec.get("signal_rank", 0)), CheckpointOnSignal()]
     logger = L.pytorch.loggers.CSVLogger(out / "logs", name="", version="") if spec.get("csv") else False
     trainer = L.Trainer(
         accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",

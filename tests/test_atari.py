@@ -174,7 +174,11 @@ def test_quick_recipe_end_to_end_with_wandb(tmp_path):
         runs = table["curves"][game]
         assert set(runs) == {"meta-learned encoder", "random encoder"}
         assert all(len(curve) == 3 for curves in runs.values() for curve in curves) and len(runs["random encoder"]) == 2
-    wandb.finish()  # flush the offline run's records
+    wandb.finish()
+    # finish() returns once the run's exit is recorded; the service process may still be writing the run's records
+    # (under load the .wandb file held only its header). teardown() waits until the service has shut down, with
+    # every file written and closed: what W&B promises.
+    wandb.teardown()
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list((run / "files" / "media" / "images" / "atari_eval").rglob("learning_curves_*.png"))
     assert b"atari_eval/Breakout/meta-learned_encoder/final_return" in next(run.glob("run-*.wandb")).read_bytes()

@@ -40,9 +40,10 @@ from typing_extensions import override
 
 from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
+from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
 from lightning_meta.engine.learner import Buffers, select_parameters
-from lightning_meta.engine.meta_state import optimizer_class
+from lightning_meta.engine.meta_state import check_meta_lr, optimizer_class
 from lightning_meta.protocols import TaskAware, implements
 from lightning_meta.tasks.datamodule import StreamDataModule, TaskDataModule, task_datamodule
 from lightning_meta.tasks.schedule import TaskSchedule
@@ -140,6 +141,7 @@ class MetaInit(L.Callback):
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(moved)}")
         check_choice(type(self).__name__, "buffers", buffers, ("reset", "keep"))
         optimizer_class(meta_optimizer)  # a wrong name fails here, not at the start of fit
+        check_meta_lr(meta_lr)  # as does a meta_lr torch.optim would refuse
         self.rule = rule
         self.meta_lr = meta_lr
         self.meta_optimizer = meta_optimizer
@@ -180,6 +182,12 @@ class MetaInit(L.Callback):
         """Meta-steps taken (0 before fit)."""
         return self.learner.meta_steps if self.learner is not None else 0
 
+    def resumable_now(self, trainer: L.Trainer) -> bool:
+        """Whether a checkpoint saved at this step resumes exactly: always, except for a task-parallel run on several
+        processes inside a meta-batch (its other processes' partial tasks are not in the checkpoint)."""
+        schedule = self.schedule
+        return not schedule.task_parallel or schedule.at_meta_step_boundary(trainer.global_step)
+
     def _learner(self) -> MetaLearner:
         if self.learner is None:
             raise RuntimeError(f"{type(self).__name__}: the meta-learner is built when fit starts")
@@ -217,6 +225,7 @@ class MetaInit(L.Callback):
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
         self._datamodule = datamodule
+        use_atomic_checkpoints(trainer)  # final.ckpt and the checkpoints a diverged run names: whole or not at all
         schedule = datamodule.schedule
         if schedule.task_batch is not None:
             if schedule.parallel == "data" and schedule.world_size > 1:

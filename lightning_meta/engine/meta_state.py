@@ -60,6 +60,13 @@ def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
     return spec
 
 
+def check_meta_lr(meta_lr: float) -> None:
+    """A learning rate of the meta-optimizer must be positive: torch's own check fails at the start of fit, deep in a
+    traceback."""
+    if not meta_lr > 0:
+        raise ValueError(f"meta_lr must be > 0, got {meta_lr}")
+
+
 def distributed_sum(tensor: Tensor) -> Tensor:
     """The :data:`AllReduce` of a plain ``torch.distributed`` loop: the sum over the default process group."""
     torch.distributed.all_reduce(tensor)
@@ -97,6 +104,7 @@ class MetaState:
     ) -> None:
         if meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        check_meta_lr(meta_lr)
         self.theta_0 = [torch.nn.Parameter(t.detach().clone()) for t in theta_0]
         for p in self.theta_0:
             p.grad = torch.zeros_like(p)
@@ -194,7 +202,7 @@ class MetaState:
         if failure is None:
             self.meta_steps += 1
         if self.guard is not None:
-            self.guard.end_meta_batch(failure, kept, norm_sum)
+            self.guard.end_meta_batch(failure, kept, norm_sum, tasks)
         return kept, tasks
 
     def _guarded_step(self) -> tuple[Failure, str] | None:

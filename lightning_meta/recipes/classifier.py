@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.family import TaskInfo
+from lightning_meta.utils import check_range
 
 
 def conv_block(in_channels: int, channels: int) -> nn.Sequential:
@@ -32,7 +34,7 @@ def conv_block(in_channels: int, channels: int) -> nn.Sequential:
     )
 
 
-class ConvClassifier(L.LightningModule):
+class ConvClassifier(ChecksCheckpointClass, L.LightningModule):
     """4 x [conv 3x3, ``channels``, max-pool 2, BatchNorm, ReLU] then a linear head, trained with cross-entropy.
 
     Nothing in it knows about meta-learning: Leap or Reptile meta-learn its init from the outside. The encoder's
@@ -59,6 +61,12 @@ class ConvClassifier(L.LightningModule):
         momentum: float = 0.0,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        check_range(name, 1, num_classes=num_classes, in_channels=in_channels, channels=channels, blocks=blocks)
+        check_range(name, 0, strict=True, lr=lr)
+        check_range(name, 0, momentum=momentum)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"{name}: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.save_hyperparameters()
         layers = [conv_block(in_channels if i == 0 else channels, channels) for i in range(blocks)]
         self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -104,6 +112,8 @@ class MultiHeadClassifier(ConvClassifier):
     """
 
     def __init__(self, num_heads: int = 25, pretrain_lr: float | None = None, **kwargs: Any) -> None:
+        check_range(type(self).__name__, 1, num_heads=num_heads)
+        check_range(type(self).__name__, 0, strict=True, pretrain_lr=pretrain_lr)
         super().__init__(**kwargs)
         hp = self.hparams
         self.heads = nn.ModuleList(nn.Linear(hp["channels"], hp["num_classes"]) for _ in range(num_heads))

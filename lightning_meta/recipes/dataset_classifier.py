@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lightning_meta.recipes.classifier import ConvClassifier
 from lightning_meta.tasks.datamodule import TaskDataModule
 from lightning_meta.tasks.family import SPLITS, Task, TaskInfo
+from lightning_meta.utils import check_range
 
 
 class DatasetClassifier(ConvClassifier):
@@ -68,6 +69,8 @@ class DatasetClassifier(ConvClassifier):
             raise ValueError("DatasetClassifier sizes its heads with max_classes; the classes come from each task")
         if cosine_steps is not None and cosine_steps < 1:
             raise ValueError(f"cosine_steps must be >= 1 or None, got {cosine_steps}")
+        check_range(type(self).__name__, 1, max_classes=max_classes)
+        check_range(type(self).__name__, 0, strict=True, pretrain_lr=pretrain_lr)
         super().__init__(num_classes=max_classes, **kwargs)
         self.max_classes = max_classes
         self.cosine_steps = cosine_steps

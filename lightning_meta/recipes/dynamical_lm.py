@@ -54,6 +54,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
@@ -75,7 +76,7 @@ SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold ev
 INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
 
 
-class DynamicalLanguageModel(L.LightningModule):
+class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
     """A :class:`~lightning_meta.recipes.byte_lstm.ByteLSTM` and a
     :class:`~lightning_meta.optim.CoordinatewiseLSTM` that updates its ``dynamic`` weights as it reads.
 
