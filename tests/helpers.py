@@ -126,3 +126,12 @@ def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:
 
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def identical(a: object, b: object) -> bool:
+    """Bitwise equality of tensors, and of dicts of them (or ``None``), field by field."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(identical(a[key], b[key]) for key in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a is None and b is None

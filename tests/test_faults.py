@@ -394,10 +394,14 @@ class NaNFromTask(TinyClassifier):
     def __init__(self, task: int) -> None:
         super().__init__()
         self.task = task
+        self.poisoned = False
+
+    def start_task(self, task):  # TaskAware: the meta-learner says which task of the stream starts
+        self.poisoned = task.position is not None and task.position >= self.task
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
-        return loss * float("nan") if batch.task >= self.task else loss
+        return loss * float("nan") if self.poisoned else loss
 
 
 def test_a_theta_0_that_went_bad_names_the_newest_checkpoint_before_it_though_more_were_saved(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyClassifier, ToyFamily, flat, make_trainer
+from helpers import TinyClassifier, ToyFamily, flat, identical, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_ddp import run
 
@@ -29,15 +29,6 @@ def logged_evaluations(folder: Path) -> dict[int, dict[str, str]]:
         if values:
             rows.setdefault(int(row["step"]), {}).update(values)
     return rows
-
-
-def identical(a: object, b: object) -> bool:
-    """Bitwise equality of tensors, and of dicts of them (or ``None``), field by field."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(identical(a[key], b[key]) for key in a)
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.equal(a, b)
-    return a is None and b is None
 
 
 @pytest.mark.parametrize("every", [0, 1], ids=["evaluate-at-end", "evaluate-every-meta-step"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, ToyFamily, flat, make_trainer
+from helpers import TinyClassifier, ToyFamily, flat, identical, make_trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from test_ddp import assert_same_init, fresh_environment, run
@@ -87,7 +87,7 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_resuming_equals_never_stop
     assert torch.equal(resumed, straight)
     assert [step for step, _ in resumed_history] == [step for step, _ in history] == [1, 2, 3, 4]
     for (_, a), (_, b) in zip(resumed_history, history):
-        assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
+        assert identical(vars(a), vars(b))
     expected = logged(tmp_path / "straight")
     stopped_logs, resumed_logs = logged(tmp_path / "stopped"), logged(tmp_path / "resumed")
     assert max(stopped_logs) < 9 <= min(resumed_logs)  # each step logged by one of the two runs
