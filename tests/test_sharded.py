@@ -376,3 +376,58 @@ def test_what_a_sharded_learner_refuses(one_process):
         assert ShardedMetaLearner(model, GradientSum()).rule.shards is not None
     finally:
         GradientSum.shardable = False
+
+
+# ----------------------------------------------------------------- the Lightning door: ModelParallelStrategy
+SHARDED = dict(method="leap", parallel="data", meta_batch_size=2, strategy="model_parallel")
+
+
+@pytest.mark.slow
+def test_model_parallel_strategy_on_two_processes_equals_one_unsharded_process(tmp_path):
+    """The Trainer with ModelParallelStrategy on 2 CPU processes (gloo), the module sharding itself in
+    configure_model, and Leap: the theta_0 of one unsharded process on the same tasks."""
+    from test_ddp import assert_same_init, run
+
+    two = run(tmp_path, "two", devices=2, **SHARDED)
+    one = run(tmp_path, "one", method="leap", parallel="data", devices=1, meta_batch_size=2)
+    assert two["global_step"] == one["global_step"] == 2 * 3 * 2
+    assert_same_init(two, one)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", [True, False], ids=["sharded-checkpoint", "gathered-checkpoint"])
+def test_model_parallel_checkpoint_resumes_bitwise_with_theta_0_as_the_weights(tmp_path, distributed):
+    """Saved at step 4 (inside the second task of the first meta-batch) by ModelParallelStrategy, sharded (a folder)
+    or gathered (a file), and resumed on 2 processes: bitwise the uninterrupted run; ``final.ckpt`` holds theta_0 as
+    the model's weights. (Adam inside tasks: Lightning 2.6's gathered checkpoints of an optimizer without state,
+    e.g. plain SGD, fail to load with an IndexError in ``_rekey_optimizer_state_if_needed``.)"""
+    from test_ddp import run
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    spec = dict(devices=2, distributed_checkpoint=distributed, optimizer="adam", **SHARDED)
+    straight = run(tmp_path, "straight", checkpoint_every=4, **spec)
+    folder = tmp_path / "straight" / "checkpoints"
+    resumed = run(tmp_path, "resumed", resume=str(next(folder.glob("*step=4.ckpt"))), **spec)
+    assert torch.equal(resumed["init"], straight["init"]) and resumed["meta_steps"] == straight["meta_steps"] == 2
+    final = folder / "final.ckpt"
+    if distributed:
+        assert final.is_dir()
+        dcp_to_torch_save(final, tmp_path / "final.pt")
+        final = tmp_path / "final.pt"
+    weights = torch.load(final, weights_only=False)["state_dict"]
+    torch.testing.assert_close(torch.cat([w.double().flatten() for w in weights.values()]), straight["init"])
+
+
+def test_a_checkpoint_of_shards_resumes_on_as_many_processes_only():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from lightning_meta.callbacks.sharded import own_shards
+
+    state = {"names": ["w"], "schedule": {}, "counters": {}, "shards": [{"rank": 0}, {"rank": 1}]}
+    assert own_shards(SimpleNamespace(world_size=2, global_rank=1), state) == {"rank": 1}  # type: ignore[arg-type]
+    unsharded_state = {"names": ["w"]}
+    assert own_shards(SimpleNamespace(world_size=1, global_rank=0), unsharded_state) is unsharded_state  # type: ignore[arg-type]
+    with pytest.raises(MisconfigurationException, match="shards of 2 processes: resume it on 2 processes, not 1"):
+        own_shards(SimpleNamespace(world_size=1, global_rank=0), state)  # type: ignore[arg-type]

@@ -29,16 +29,24 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_meta.callbacks import sharded
 from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
-from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
+from lightning_meta.engine import (
+    MetaLearner,
+    MetaTrainingDiverged,
+    RunawayGuard,
+    ShardedMetaLearner,
+    TaskBatchedLearner,
+    TrajectoryRule,
+)
 from lightning_meta.engine.learner import Buffers, select_parameters
 from lightning_meta.engine.meta_state import optimizer_class
 from lightning_meta.tasks.datamodule import task_datamodule
@@ -204,16 +212,17 @@ class MetaInit(L.Callback):
                 f"{name} hooks Lightning's automatic optimisation; {type(pl_module).__name__} uses manual "
                 "optimisation. Set `self.automatic_optimization = True` or use the MAML mixin instead."
             )
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
             raise MisconfigurationException(
-                f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
-                f"{type(trainer.strategy).__name__}."
+                f"{name} supports a single device, DDP (strategy='ddp' or 'ddp_spawn') and ModelParallelStrategy "
+                f"(FSDP2), not {type(trainer.strategy).__name__}."
             )
         try:
             self.names = [n for n, _ in select_parameters(pl_module, self.include)]
             schedule = self._make_schedule(trainer)
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
+        sharded.check_setup(trainer, name, schedule)
         if schedule.task_batch is not None:
             if schedule.parallel == "data" and schedule.world_size > 1:
                 raise MisconfigurationException(
@@ -267,7 +276,11 @@ class MetaInit(L.Callback):
             guard=self.guard,
         )
         if schedule.task_batch is None:
-            self.learner = MetaLearner(pl_module, self.rule, **arguments)
+            learner_type = sharded.learner_type(trainer, pl_module, type(self).__name__)
+            try:
+                self.learner = learner_type(pl_module, self.rule, **arguments)
+            except ValueError as error:
+                raise MisconfigurationException(f"{type(self).__name__}: {error}") from None
         else:
             try:
                 learner = TaskBatchedLearner(pl_module, self.rule, schedule.task_batch, **arguments)
@@ -288,6 +301,9 @@ class MetaInit(L.Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed is not None:  # strategies that restore checkpoints after on_fit_start (ModelParallelStrategy)
+            self._apply(self._resumed, pl_module)
+            self._resumed = None
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
@@ -415,13 +431,14 @@ class MetaInit(L.Callback):
         if self.learner is None:
             return {}
         state = self.learner.state_dict()
-        return {
+        state = {
             **state,
             "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
             "task_buffers": {n: b.detach().clone() for n, b in self.learner.live_buffers.items()},
             "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
             "counters": {**state["counters"], "active_task": self.active_task, "meta_step_at": self._meta_step_at},
         }
+        return sharded.gather_shards(state) if isinstance(self.learner, ShardedMetaLearner) else state
 
     @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -432,6 +449,7 @@ class MetaInit(L.Callback):
         if not state:
             return
         name = type(self).__name__
+        state = sharded.own_shards(trainer, state)
         if state["names"] != self.names:
             raise MisconfigurationException(
                 f"{name}: the checkpoint meta-learns {len(state['names'])} tensors that differ from the "
@@ -471,4 +489,8 @@ class MetaInit(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.save_init_as_weights and self.learner is not None:
             weights = checkpoint["state_dict"]
-            weights.update((n, t) for n, t in self.learner.init_state_dict().items() if n in weights)
+            if isinstance(self.learner, ShardedMetaLearner):
+                init = sharded.init_weights(trainer, self.learner)
+            else:
+                init = self.learner.init_state_dict()
+            weights.update((n, t) for n, t in init.items() if n in weights)
