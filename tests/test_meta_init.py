@@ -238,7 +238,7 @@ def test_misconfiguration_fails_with_a_message(model, callback, data, message):
 
 def test_unsupported_strategy_fails_at_setup():
     trainer = SimpleNamespace(strategy=object(), datamodule=None)
-    with pytest.raises(MisconfigurationException, match="supports a single device and DDP"):
+    with pytest.raises(MisconfigurationException, match="supports a single device, DDP .* and ModelParallelStrategy"):
         Leap(inner_steps=2).setup(trainer, TinyClassifier(), "fit")
 
 
