@@ -418,6 +418,21 @@ def test_model_parallel_checkpoint_resumes_bitwise_with_theta_0_as_the_weights(t
     torch.testing.assert_close(torch.cat([w.double().flatten() for w in weights.values()]), straight["init"])
 
 
+def test_the_fabric_door_meta_learns_a_sharded_module_like_the_unsharded_one(one_process):
+    """On one process (a mesh of one shard), bitwise the unsharded learner on the same tasks."""
+    import lightning as L
+
+    from lightning_meta.fabric import fabric_meta_learner
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    model = sharded_model(torch.float64, one_process)
+    meta = fabric_meta_learner(fabric, model, LeapRule(), parallel="data", meta_batch_size=META_BATCH, meta_lr=META_LR)
+    assert isinstance(meta, ShardedMetaLearner)
+    result = outcome(meta, train(model, meta, task_batches(torch.float64)))
+    expected = unsharded("leap-length-loss", torch.float64)
+    assert torch.equal(result["init"], expected["init"]) and result["steps"] == expected["steps"]
+
+
 def test_a_checkpoint_of_shards_resumes_on_as_many_processes_only():
     from types import SimpleNamespace
 
