@@ -20,12 +20,14 @@ For each process it reports:
 - ``module MB``: the bytes of its parameters and their gradients (its shards under FSDP);
 - ``meta-state MB``: the bytes the learner adds: theta_0, the meta-gradient accumulator, the meta-optimizer's
   state and Leap's buffers (theta_i, g_i and the running sum), counted from the tensors themselves;
-- ``peak live MB``: the peak of live tensor bytes during meta-training (all tensors: the model, its gradients,
-  activations, FSDP's gathered layers, DDP's buckets, the learner's state, the guard's copies at meta-steps), tracked
-  exactly on CPU by :class:`memory_tracking.LiveTensorBytes`, or ``torch.cuda.max_memory_allocated`` on CUDA;
-- ``peak RSS MB``: the process's peak resident memory (``VmHWM``, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
-  freed tensors go back to the system and the peak means what it says; the Python interpreter, torch and the
-  libraries included);
+- ``peak MB``: what building the model and meta-training added at their peak (all of it: the model, its gradients,
+  activations, FSDP's gathered layers, DDP's buckets, the learner's state, the guard's copies at meta-steps): on CPU
+  the process's peak resident memory (``VmHWM``) minus its resident memory before the model was built, with
+  ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the system and the peak means what it says; on
+  CUDA ``torch.cuda.max_memory_allocated``. (The exact live-tensor tracker of the other benchmarks,
+  ``memory_tracking.LiveTensorBytes``, cannot see FSDP2 free its gathered parameters, which it does by resizing
+  their storages outside torch's dispatcher, and so overcounts here.)
+- ``peak RSS MB``: the process's peak resident memory, the Python interpreter, torch and the libraries included;
 - the learner's collectives (its own ``all_reduce`` calls, counted through the function it is given; DDP's bucket
   all-reduces and FSDP's all-gathers and reduce-scatters are not the learner's): in each inner step's ``update``,
   and in all per task (the task ends and meta-steps included); the median wall milliseconds of one (the wait for
@@ -62,9 +64,6 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
 
 from lightning_meta.engine import LeapRule, MetaLearner, ShardedMetaLearner  # noqa: E402
 
@@ -143,9 +142,10 @@ def meta_state_bytes(meta: MetaLearner) -> int:
     return tensor_bytes([*state.theta_0, *state.grads, *optimizer, *rule])
 
 
-def peak_rss_bytes() -> int:
+def resident_bytes(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (the peak) of this process, from ``/proc/self/status`` (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -160,45 +160,41 @@ def worker(rank: int, processes: int, setup: str, args: argparse.Namespace, port
     torch.distributed.init_process_group(backend, rank=rank, world_size=processes,
                                          timeout=datetime.timedelta(minutes=5))
     try:
+        resident_before = resident_bytes("VmRSS")
         module, own = build(setup, args, device)
         collectives = Collectives(device)
         learner = ShardedMetaLearner if setup == "fsdp" else MetaLearner
         options: dict[str, Any] = {} if setup == "unsharded" else {"parallel": "data", "all_reduce": collectives}
         meta = learner(own, LeapRule(), meta_batch_size=args.meta_batch, meta_lr=0.1, **options)
-        tracker = LiveTensorBytes() if device.type == "cpu" else None
-        if tracker is None:
+        if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         step_wall, step_cpu, in_updates = [], [], 0
-        with tracker or torch.no_grad():
-            before = tracker.current if tracker else torch.cuda.memory_allocated(device)
-            for task in range(args.tasks):
-                meta.start_task()
-                inner = torch.optim.SGD(module.parameters(), lr=0.01)
-                for step in range(args.inner_steps):
-                    x, y = (t[rank::processes] for t in task_batch(task, step, args, device))
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    with torch.enable_grad():
-                        loss = F.mse_loss(module(x), y)
-                        inner.zero_grad()
-                        loss.backward()
-                    calls = len(collectives.seconds)
-                    meta.update(loss)
-                    in_updates += len(collectives.seconds) - calls
-                    inner.step()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    step_wall.append(time.perf_counter() - wall)
-                    step_cpu.append(time.process_time() - cpu)
-                meta.end_task(final_loss=lambda: F.mse_loss(module(x), y))  # noqa: B023 (called right here)
-            peak = tracker.peak if tracker else torch.cuda.max_memory_allocated(device)
+        for task in range(args.tasks):
+            meta.start_task()
+            inner = torch.optim.SGD(module.parameters(), lr=0.01)
+            for step in range(args.inner_steps):
+                x, y = (t[rank::processes] for t in task_batch(task, step, args, device))
+                wall, cpu = time.perf_counter(), time.process_time()
+                loss = F.mse_loss(module(x), y)
+                inner.zero_grad()
+                loss.backward()
+                calls = len(collectives.seconds)
+                meta.update(loss)
+                in_updates += len(collectives.seconds) - calls
+                inner.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_wall.append(time.perf_counter() - wall)
+                step_cpu.append(time.process_time() - cpu)
+            meta.end_task(final_loss=lambda: F.mse_loss(module(x), y))  # noqa: B023 (called right here)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         module_bytes = tensor_bytes(local(p) for p in own.parameters())
         grads = [local(p.grad) for p in own.parameters() if p.grad is not None]
         result = {
             "module": module_bytes + tensor_bytes(grads),
             "meta_state": meta_state_bytes(meta),
-            "peak_live": peak,
-            "live_before": before,
-            "peak_rss": peak_rss_bytes(),
+            "peak": peak if peak is not None else resident_bytes("VmHWM") - resident_before,
+            "peak_rss": resident_bytes("VmHWM"),
             "collectives": len(collectives.seconds),
             "in_updates": in_updates,
             "tasks": args.tasks,
@@ -235,8 +231,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.device == "cpu":
-        verify_tracker()
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the workers' glibc returns freed tensors to the system
     context = torch.multiprocessing.get_context("spawn")
     rows = []
@@ -263,18 +257,18 @@ def table(args: argparse.Namespace, rows: list) -> list[str]:
     """One row per setup and number of processes; memory of the largest process, timings of process 0."""
     parameters = sum(p.numel() for p in transformer(args.width, args.depth).parameters())
     lines = [
-        "| setup | processes | module MB / process | meta-state MB / process | peak live MB / process | peak RSS MB / "
+        "| setup | processes | module MB / process | meta-state MB / process | peak MB / process | peak RSS MB / "
         "process | learner's collectives / inner step | ... / task | ms / collective | wall s / inner step | CPU s / "
         "inner step |",
         "|---|" + "---:|" * 10,
     ]
     for setup, processes, results in rows:
-        largest = {key: max(r[key] for r in results) for key in ("module", "meta_state", "peak_live", "peak_rss")}
+        largest = {key: max(r[key] for r in results) for key in ("module", "meta_state", "peak", "peak_rss")}
         first = results[0]
         milliseconds = "-" if first["collective_ms"] is None else f"{first['collective_ms']:.2f}"
         lines.append(
             f"| {setup} | {processes} | {largest['module'] / MB:.0f} | {largest['meta_state'] / MB:.0f} | "
-            f"{largest['peak_live'] / MB:.0f} | {largest['peak_rss'] / MB:.0f} | "
+            f"{largest['peak'] / MB:.0f} | {largest['peak_rss'] / MB:.0f} | "
             f"{first['in_updates'] / first['steps']:.2f} | {first['collectives'] / first['tasks']:.2f} | "
             f"{milliseconds} | {first['step_wall']:.2f} | "
             f"{first['step_cpu']:.2f} |"

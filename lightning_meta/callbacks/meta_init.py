@@ -104,7 +104,8 @@ class MetaInit(L.Callback):
             (data-parallel): all processes train the same task on shards of each batch (ordinary DDP) and compute
             the same meta-step. Either way theta_0 is identical on every process. Needs
             ``Trainer(use_distributed_sampler=False)`` with a :class:`~lightning_meta.tasks.TaskDataModule`, which
-            then streams each process its tasks or shards.
+            then streams each process its tasks or shards. Under ``ModelParallelStrategy`` (a module that shards
+            itself with FSDP2's ``fully_shard``), ``"data"`` (:mod:`~lightning_meta.callbacks.sharded`).
         final_checkpoint: when fit ends, write ``final.ckpt`` (theta_0 as the weights, the whole meta-state) into
             the directory of the Trainer's ``ModelCheckpoint``, whatever its interval; nothing when checkpointing is
             off.
@@ -276,11 +277,7 @@ class MetaInit(L.Callback):
             guard=self.guard,
         )
         if schedule.task_batch is None:
-            learner_type = sharded.learner_type(trainer, pl_module, type(self).__name__)
-            try:
-                self.learner = learner_type(pl_module, self.rule, **arguments)
-            except ValueError as error:
-                raise MisconfigurationException(f"{type(self).__name__}: {error}") from None
+            self.learner = sharded.meta_learner(trainer, pl_module, self.rule, type(self).__name__, **arguments)
         else:
             try:
                 learner = TaskBatchedLearner(pl_module, self.rule, schedule.task_batch, **arguments)

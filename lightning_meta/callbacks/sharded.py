@@ -37,7 +37,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_meta.engine import MetaLearner, ShardedMetaLearner
+from lightning_meta.engine import MetaLearner, ShardedMetaLearner, TrajectoryRule
 from lightning_meta.engine.sharded import sharded
 from lightning_meta.tasks.schedule import TaskSchedule
 
@@ -58,17 +58,26 @@ def check_setup(trainer: L.Trainer, name: str, schedule: TaskSchedule) -> None:
         )
 
 
-def learner_type(trainer: L.Trainer, module: L.LightningModule, name: str) -> type[MetaLearner]:
-    """:class:`~lightning_meta.engine.ShardedMetaLearner` for a module whose parameters are ``DTensor``s."""
+def meta_learner(
+    trainer: L.Trainer, module: L.LightningModule, rule: TrajectoryRule, name: str, **arguments: Any
+) -> MetaLearner:
+    """The callback's learner: a :class:`~lightning_meta.engine.ShardedMetaLearner` for a module whose parameters are
+    ``DTensor``s, summing with ``torch.distributed.all_reduce`` itself (Lightning's ``strategy.reduce`` adds a
+    barrier to every call: a second collective, and a host-device synchronisation on NCCL); else a
+    :class:`~lightning_meta.engine.MetaLearner` with the callback's ``arguments``."""
+    learner_type: type[MetaLearner] = MetaLearner
     if sharded(module):
-        return ShardedMetaLearner
-    if isinstance(trainer.strategy, ModelParallelStrategy):
+        learner_type, arguments = ShardedMetaLearner, {**arguments, "all_reduce": None}
+    elif isinstance(trainer.strategy, ModelParallelStrategy):
         raise MisconfigurationException(
             f"{name}: under ModelParallelStrategy, {type(module).__name__}.configure_model must shard the module "
             "(fully_shard(..., mesh=self.device_mesh['data_parallel'])); its parameters are ordinary tensors, which "
             "no one keeps in step across processes."
         )
-    return MetaLearner
+    try:
+        return learner_type(module, rule, **arguments)
+    except ValueError as error:
+        raise MisconfigurationException(f"{name}: {error}") from None
 
 
 def gather_shards(state: dict[str, Any]) -> dict[str, Any]:
