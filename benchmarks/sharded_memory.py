@@ -32,7 +32,9 @@ For each process it reports:
   all-reduces and FSDP's all-gathers and reduce-scatters are not the learner's): in each inner step's ``update``,
   and in all per task (the task ends and meta-steps included); the median wall milliseconds of one (the wait for
   the other process included), against the median wall and CPU seconds of an inner step (forward, backward,
-  ``update``, the inner optimizer's step).
+  ``update``, the inner optimizer's step); and, apart from training, the median of ``--latency`` back-to-back sums of
+  two numbers (a segment's ``|dtheta_i|^2`` and ``df_i``), what one of the learner's collectives costs when no
+  process waits for another's computation.
 
 Timings on a machine other jobs share are inflated: the CPU seconds are the process's own.
 
@@ -188,6 +190,11 @@ def worker(rank: int, processes: int, setup: str, args: argparse.Namespace, port
                 step_cpu.append(time.process_time() - cpu)
             meta.end_task(final_loss=lambda: F.mse_loss(module(x), y))  # noqa: B023 (called right here)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        latency = Collectives(device)
+        if processes > 1:
+            torch.distributed.barrier()
+            for _ in range(args.latency):
+                latency(torch.zeros(2, device=device))
         module_bytes = tensor_bytes(local(p) for p in own.parameters())
         grads = [local(p.grad) for p in own.parameters() if p.grad is not None]
         result = {
@@ -199,6 +206,7 @@ def worker(rank: int, processes: int, setup: str, args: argparse.Namespace, port
             "in_updates": in_updates,
             "tasks": args.tasks,
             "collective_ms": 1e3 * statistics.median(collectives.seconds) if collectives.seconds else None,
+            "latency_ms": 1e3 * statistics.median(latency.seconds) if latency.seconds else None,
             "steps": len(step_wall),
             "step_wall": statistics.median(step_wall),
             "step_cpu": statistics.median(step_cpu),
@@ -226,6 +234,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--meta-batch", type=int, default=2)
     parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--latency", type=int, default=200, help="back-to-back collectives timed after training")
     return parser.parse_args()
 
 
@@ -258,19 +267,20 @@ def table(args: argparse.Namespace, rows: list) -> list[str]:
     parameters = sum(p.numel() for p in transformer(args.width, args.depth).parameters())
     lines = [
         "| setup | processes | module MB / process | meta-state MB / process | peak MB / process | peak RSS MB / "
-        "process | learner's collectives / inner step | ... / task | ms / collective | wall s / inner step | CPU s / "
-        "inner step |",
-        "|---|" + "---:|" * 10,
+        "process | learner's collectives / inner step | ... / task | ms / collective in training | ms / collective "
+        "back to back | wall s / inner step | CPU s / inner step |",
+        "|---|" + "---:|" * 11,
     ]
     for setup, processes, results in rows:
         largest = {key: max(r[key] for r in results) for key in ("module", "meta_state", "peak", "peak_rss")}
         first = results[0]
         milliseconds = "-" if first["collective_ms"] is None else f"{first['collective_ms']:.2f}"
+        latency = "-" if first["latency_ms"] is None else f"{first['latency_ms']:.3f}"
         lines.append(
             f"| {setup} | {processes} | {largest['module'] / MB:.0f} | {largest['meta_state'] / MB:.0f} | "
             f"{largest['peak'] / MB:.0f} | {largest['peak_rss'] / MB:.0f} | "
             f"{first['in_updates'] / first['steps']:.2f} | {first['collectives'] / first['tasks']:.2f} | "
-            f"{milliseconds} | {first['step_wall']:.2f} | "
+            f"{milliseconds} | {latency} | {first['step_wall']:.2f} | "
             f"{first['step_cpu']:.2f} |"
         )
     size = f"{parameters / 1e6:.1f} M parameters, {4 * parameters / MB:.0f} MB in float32"
