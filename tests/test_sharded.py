@@ -196,7 +196,8 @@ def all_runs(rank: int, processes: int, out: Path) -> None:
     def run(name: str, dtype: torch.dtype, on=mesh, learner: dict | None = None, **options) -> tuple:
         model = sharded_model(dtype, on)
         collectives = Counted()
-        meta = ShardedMetaLearner(model, RULES[name](), META_BATCH, META_LR, all_reduce=collectives, **(learner or {}))
+        settings = {"meta_lr": META_LR, "all_reduce": collectives, **(learner or {})}
+        meta = ShardedMetaLearner(model, RULES[name](), META_BATCH, **settings)
         return model, meta, outcome(meta, train(model, meta, task_batches(dtype), rank, processes, **options),
                                     collectives)
 
@@ -208,7 +209,7 @@ def all_runs(rank: int, processes: int, out: Path) -> None:
     for how, name in NAN_RUNS.items():
         results[f"nan-{how}"] = run(name, torch.float64, nan=how)[2]
     model = sharded_model(torch.float64, mesh)  # at each task's end: is this process's shard of theta_K finite?
-    meta = ShardedMetaLearner(model, ReptileRule(), META_BATCH, META_LR)
+    meta = ShardedMetaLearner(model, ReptileRule(), META_BATCH, meta_lr=META_LR)
     finite, end_task = [], meta.end_task
     meta.end_task = lambda **kwargs: finite.append(all(t.isfinite().all() for t in meta.live)) or end_task(**kwargs)
     train(model, meta, task_batches(torch.float64), rank, processes, nan="gradient")
@@ -219,7 +220,7 @@ def all_runs(rank: int, processes: int, out: Path) -> None:
     _, stopped, _ = run("leap-length-loss", torch.float64, learner=adam, stop=STOP)
     torch.save({"meta": stopped.state_dict(), "live": [t.clone() for t in stopped.live]}, out / f"state{rank}.pt")
     model = sharded_model(torch.float64, mesh)  # a new model and learner, as in a new run
-    resumed = ShardedMetaLearner(model, RULES["leap-length-loss"](), META_BATCH, META_LR, **adam)
+    resumed = ShardedMetaLearner(model, RULES["leap-length-loss"](), META_BATCH, meta_lr=META_LR, **adam)
     saved = torch.load(out / f"state{rank}.pt", weights_only=True)
     resumed.load_state_dict(saved["meta"])
     with torch.no_grad():
@@ -317,7 +318,7 @@ def killed_at_task_one(rank: int, processes: int, out: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     model = sharded_model(torch.float32, init_device_mesh("cpu", (processes,)))
-    meta = ShardedMetaLearner(model, LeapRule(), META_BATCH, META_LR)
+    meta = ShardedMetaLearner(model, LeapRule(), META_BATCH, meta_lr=META_LR)
     tasks = task_batches(torch.float32)
     train(model, meta, tasks, rank, processes, stop=(1, 2) if rank == 1 else None)
     if rank == 1:

@@ -72,15 +72,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_meta.engine.batched import ELEMENTWISE_OPTIMIZERS
-from lightning_meta.engine.learner import Buffers, MetaLearner, Parallel, select_parameters
-from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum, optimizer_class
+from lightning_meta.engine.learner import MetaLearner, Parallel, select_parameters
+from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import NOT_FINITE, RunawayGuard
 from lightning_meta.utils import ParamFilter
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
-    from torch.optim import Optimizer
 
 
 def sharded(module: nn.Module) -> bool:
@@ -164,27 +163,16 @@ class ShardedMetaState(MetaState):
     every process decides alike. The other arguments are :class:`~lightning_meta.engine.MetaState`'s (no
     ``all_reduce``: the meta-gradients are not reduced)."""
 
-    def __init__(
-        self,
-        theta_0: Sequence[Tensor],
-        shards: Shards,
-        meta_batch_size: int = 1,
-        meta_lr: float = 0.1,
-        meta_optimizer: str | type[Optimizer] = "SGD",
-        meta_optimizer_kwargs: dict[str, Any] | None = None,
-        all_reduce: AllReduce | None = None,
-        guard: RunawayGuard | bool = True,
-    ) -> None:
-        if all_reduce is not None:
+    def __init__(self, theta_0: Sequence[Tensor], shards: Shards, *arguments: Any, **kwargs: Any) -> None:
+        super().__init__(theta_0, *arguments, **kwargs)
+        if self.all_reduce is not None:
             raise ValueError("the meta-gradients of sharded parameters are not reduced over processes: all_reduce=None")
-        chosen = optimizer_class(meta_optimizer)
-        if chosen not in ELEMENTWISE_OPTIMIZERS:
+        if type(self.optimizer) not in ELEMENTWISE_OPTIMIZERS:
             names = ", ".join(o.__name__ for o in ELEMENTWISE_OPTIMIZERS)
             raise ValueError(
-                f"meta_optimizer={chosen.__name__} steps theta_0's shards one by one, which is only right for "
-                f"optimizers that act element by element: use one of {names}"
+                f"meta_optimizer={type(self.optimizer).__name__} steps theta_0's shards one by one, which is only "
+                f"right for optimizers that act element by element: use one of {names}"
             )
-        super().__init__(theta_0, meta_batch_size, meta_lr, meta_optimizer, meta_optimizer_kwargs, None, guard)
         self.shards = shards
 
     def _judge_tasks(
@@ -217,7 +205,8 @@ class ShardedMetaLearner(MetaLearner):
 
     Its :attr:`live` tensors and theta_0 are this process's shards of the meta-learned parameters (the module's
     ``DTensor``s' local tensors, which the module's own optimizer steps in place); ``update`` takes this process's
-    loss. The arguments are :class:`~lightning_meta.engine.MetaLearner`'s; ``parallel`` must be ``"data"`` (the
+    loss. The arguments are :class:`~lightning_meta.engine.MetaLearner`'s (all but ``meta_batch_size`` by name);
+    ``parallel`` must be ``"data"`` (the
     processes train every task together) and ``all_reduce`` sums over all processes (default:
     :func:`~lightning_meta.engine.distributed_sum`). The rule is given the :class:`Shards` (a rule object serves one
     learner) and must be ``shardable`` (:class:`~lightning_meta.engine.LeapRule` and
@@ -229,14 +218,11 @@ class ShardedMetaLearner(MetaLearner):
         module: nn.Module,
         rule: TrajectoryRule,
         meta_batch_size: int = 1,
-        meta_lr: float = 0.1,
-        meta_optimizer: str | type[Optimizer] = "SGD",
-        meta_optimizer_kwargs: dict[str, Any] | None = None,
+        *,
         include: str | ParamFilter | None = None,
-        buffers: Buffers = "reset",
         parallel: Parallel = "data",
         all_reduce: AllReduce | None = None,
-        guard: RunawayGuard | bool = True,
+        **kwargs: Any,
     ) -> None:
         if parallel != "data":
             raise ValueError(
@@ -252,8 +238,7 @@ class ShardedMetaLearner(MetaLearner):
         self.shards = Shards(self.sharded_parameters, all_reduce)
         rule.shards = self.shards
         super().__init__(
-            module, rule, meta_batch_size, meta_lr, meta_optimizer, meta_optimizer_kwargs, include, buffers, "data",
-            self.shards.all_reduce, guard,
+            module, rule, meta_batch_size, include=include, parallel="data", all_reduce=self.shards.all_reduce, **kwargs
         )
 
     @torch.no_grad()
