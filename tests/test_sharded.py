@@ -337,13 +337,18 @@ def test_a_killed_process_makes_its_peer_exit_within_seconds(tmp_path):
 # ----------------------------------------------------------------- what is refused, in one line
 @pytest.fixture
 def one_process():
-    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+    """A mesh over a process group of one: this test's, or one an earlier test in this process left behind."""
+    from torch.distributed.device_mesh import init_device_mesh
 
+    fresh = not torch.distributed.is_initialized()
+    if fresh:
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    assert torch.distributed.get_world_size() == 1
+    try:
         yield init_device_mesh("cpu", (1,))
     finally:
-        torch.distributed.destroy_process_group()
+        if fresh:
+            torch.distributed.destroy_process_group()
 
 
 class GradientSum(TrajectoryRule):

@@ -43,7 +43,9 @@ Examples:
     >>> from torch.distributed.device_mesh import init_device_mesh
     >>> from torch.distributed.fsdp import fully_shard
     >>> from lightning_meta.engine import LeapRule
-    >>> torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    >>> fresh = not torch.distributed.is_initialized()  # else: a process group of one made earlier (a Trainer)
+    >>> if fresh:
+    ...     torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
     >>> model = fully_shard(torch.nn.Linear(4, 2), mesh=init_device_mesh("cpu", (1,)))
     >>> meta = ShardedMetaLearner(model, LeapRule(), meta_batch_size=2)
     >>> for task in range(2):
@@ -59,7 +61,8 @@ Examples:
     ...     _ = meta.end_task(final_loss=lambda: F.cross_entropy(model(x), y))
     >>> meta.meta_steps, type(meta.theta_0[0]).__name__, type(meta.init_state_dict()["weight"]).__name__
     (1, 'Parameter', 'DTensor')
-    >>> torch.distributed.destroy_process_group()
+    >>> if fresh:
+    ...     torch.distributed.destroy_process_group()
 """
 
 from __future__ import annotations
