@@ -12,7 +12,10 @@ process (gathered) and what the callbacks counted. The spec is a JSON object:
     (save checkpoints every n steps into out/checkpoints); kill_at (the process SIGKILLs itself at the end of this
     step; only the process of rank kill_rank if that is given); signal_at (the process of rank signal_rank sends
     itself SIGTERM during this step, with a CheckpointOnSignal callback on every process); csv (log to out/logs with
-    a CSVLogger); resume (a checkpoint to resume from); out (a folder).
+    a CSVLogger); resume (a checkpoint to resume from); strategy ("model_parallel": Lightning's ModelParallelStrategy,
+    the module sharding itself with fully_shard; else DDP); distributed_checkpoint (under model_parallel: the
+    strategy's save_distributed_checkpoint, default true); optimizer (the module's: "sgd", the default, or "adam");
+    out (a folder).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -51,6 +55,20 @@ class NaNOnTask(TinyClassifier):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         return loss * float("nan") if self.poisoned else loss
+
+
+class ShardedNaNOnTask(NaNOnTask):
+    """A NaNOnTask that shards each linear layer and the network over the processes (FSDP2) under
+    ModelParallelStrategy, as a LightningModule does in ``configure_model``."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
 
 
 class TinyMAML(MAMLMixin, TinyClassifier):
@@ -89,6 +107,7 @@ def main(spec: dict) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = Path(spec["out"])
+    model_parallel = spec.get("strategy") == "model_parallel"
     family = ToyFamily(num_tasks=12, held_out=3)
     if spec.get("batch") == "dict":
         family = DatasetTasks([DictSamples(regression_data(seed)) for seed in range(12)], val=[9, 10], test=[11])
@@ -101,7 +120,8 @@ def main(spec: dict) -> None:
     elif spec.get("batch") == "dict":
         model = DictRegression()
     else:
-        model = NaNOnTask(nan_task=spec.get("nan_task"))
+        optimizer = spec.get("optimizer", "sgd")
+        model = (ShardedNaNOnTask if model_parallel else NaNOnTask)(nan_task=spec.get("nan_task"), optimizer=optimizer)
     if spec["method"] != "maml":
         data = TaskDataModule(family, task_batch=spec.get("task_batch"), parallel=spec["parallel"], **size)
         rule = Leap if spec["method"] == "leap" else Reptile
@@ -118,15 +138,23 @@ def main(spec: dict) -> None:
     if spec.get("signal_at"):
         callbacks += [SigtermAt(spec["signal_at"], spec.get("signal_rank", 0)), CheckpointOnSignal()]
     logger = L.pytorch.loggers.CSVLogger(out / "logs", name="", version="") if spec.get("csv") else False
+    strategy = "ddp" if spec["devices"] > 1 else "auto"
+    if model_parallel:
+        save_distributed = spec.get("distributed_checkpoint", True)
+        strategy = ModelParallelStrategy(spec["devices"], 1, save_distributed_checkpoint=save_distributed)
     trainer = L.Trainer(
-        accelerator="cpu", devices=spec["devices"], strategy="ddp" if spec["devices"] > 1 else "auto",
+        accelerator="cpu", devices=spec["devices"], strategy=strategy,
         use_distributed_sampler=False, callbacks=callbacks, logger=logger,
         enable_checkpointing=bool(spec.get("checkpoint_every")), enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, default_root_dir=out,
     )
     trainer.fit(model, datamodule=data, ckpt_path=spec.get("resume"))
     meta = next((c for c in callbacks if isinstance(c, (Leap, Reptile))), None)
-    init = torch.cat([p.detach().double().flatten() for p in (meta.theta_0 if meta else model.parameters())])
+    theta_0 = meta.theta_0 if meta else model.parameters()
+    if model_parallel:  # this process's shards: the whole tensors from theta_0 laid out like the parameters
+        parts = meta.learner.init_state_dict()
+        theta_0 = [parts[name].full_tensor() for name in meta.names]
+    init = torch.cat([p.detach().double().flatten() for p in theta_0])
     checksums = trainer.strategy.all_gather(init.sum().float().reshape(1)).flatten().tolist()
     evaluation = next((c for c in callbacks if isinstance(c, MetaEvaluation)), None)
     if trainer.is_global_zero:

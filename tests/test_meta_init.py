@@ -227,7 +227,7 @@ def test_misconfiguration_fails_with_a_message(model, callback, data, message):
 
 def test_unsupported_strategy_fails_at_setup():
     trainer = SimpleNamespace(strategy=object(), datamodule=None)
-    with pytest.raises(MisconfigurationException, match="supports a single device and DDP"):
+    with pytest.raises(MisconfigurationException, match="supports a single device, DDP .* and ModelParallelStrategy"):
         Leap().setup(trainer, TinyClassifier(), "fit")
 
 

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
@@ -355,6 +356,12 @@ class MetaEvaluation(L.Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, ModelParallelStrategy):
+            raise MisconfigurationException(
+                "MetaEvaluation trains copies of the module on held-out tasks spread over the processes, which a model "
+                "sharded over them (ModelParallelStrategy) cannot do: evaluate theta_0 from final.ckpt in a run of its "
+                "own, or leave MetaEvaluation out."
+            )
         datamodule: Any = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
         try:
             require(datamodule, HeldOutTasks, "MetaEvaluation (held-out tasks come from the data module)")

@@ -31,17 +31,25 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_meta.callbacks import sharded
 from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
 from lightning_meta.checkpoint_io import use_atomic_checkpoints
-from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
+from lightning_meta.engine import (
+    MetaLearner,
+    MetaTrainingDiverged,
+    RunawayGuard,
+    ShardedMetaLearner,
+    TaskBatchedLearner,
+    TrajectoryRule,
+)
 from lightning_meta.engine.learner import Buffers, select_parameters
 from lightning_meta.engine.meta_state import check_meta_lr, optimizer_class
 from lightning_meta.protocols import TaskAware, implements
@@ -66,9 +74,11 @@ def side_effect_free(pl_module: L.LightningModule, buffers: Iterable[Tensor]) ->
             buffer.copy_(value)
 
 
-SUPPORTED_STRATEGIES: tuple[type[Strategy], ...] = (SingleDeviceStrategy, DDPStrategy)
+SUPPORTED_STRATEGIES: tuple[type[Strategy], ...] = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
 """The strategies the meta-learning callbacks run under, by exact class (``"ddp"``, ``"ddp_spawn"``,
-``"ddp_notebook"`` are :class:`DDPStrategy`; DeepSpeed's strategy subclasses it but shards the model)."""
+``"ddp_notebook"`` are :class:`DDPStrategy`; DeepSpeed's strategy subclasses it but shards the model its own way;
+``ModelParallelStrategy`` with a module sharded by FSDP2's ``fully_shard``:
+:mod:`~lightning_meta.callbacks.sharded`)."""
 
 MOVED_TO_DATA = ("inner_steps", "meta_batch_size", "task_batch", "parallel", "max_meta_steps")
 """Arguments that belong to the task schedule, which the data module owns."""
@@ -210,8 +220,8 @@ class MetaInit(L.Callback):
             )
         if type(trainer.strategy) not in SUPPORTED_STRATEGIES:
             raise MisconfigurationException(
-                f"{name} supports a single device and DDP (strategy='ddp', 'ddp_spawn' or 'ddp_notebook'), not "
-                f"{type(trainer.strategy).__name__}."
+                f"{name} supports a single device, DDP (strategy='ddp', 'ddp_spawn' or 'ddp_notebook') and "
+                f"ModelParallelStrategy (a module sharded with FSDP2), not {type(trainer.strategy).__name__}."
             )
         datamodule = task_datamodule(trainer)
         if datamodule is None:
@@ -227,6 +237,7 @@ class MetaInit(L.Callback):
         self._datamodule = datamodule
         use_atomic_checkpoints(trainer)  # final.ckpt and the checkpoints a diverged run names: whole or not at all
         schedule = datamodule.schedule
+        sharded.check_setup(trainer, name, schedule)
         if schedule.task_batch is not None:
             if schedule.parallel == "data" and schedule.world_size > 1:
                 raise MisconfigurationException(
@@ -251,7 +262,7 @@ class MetaInit(L.Callback):
             guard=self.guard,
         )
         if schedule.task_batch is None:
-            self.learner = MetaLearner(pl_module, self.rule, **arguments)
+            self.learner = sharded.meta_learner(trainer, pl_module, self.rule, type(self).__name__, **arguments)
         else:
             try:
                 learner = TaskBatchedLearner(pl_module, self.rule, schedule.task_batch, **arguments)
@@ -267,11 +278,14 @@ class MetaInit(L.Callback):
         self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
         self._suspended = None
         if self._resumed:
-            self._apply(self._resumed)
+            self._apply(self._resumed, trainer)
             self._resumed = {}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed:  # strategies that restore checkpoints after on_fit_start (ModelParallelStrategy)
+            self._apply(self._resumed, trainer)
+            self._resumed = {}
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
@@ -393,13 +407,14 @@ class MetaInit(L.Callback):
         if self.learner is None:
             return {}
         state = self.learner.state_dict()
-        return {
+        state = {
             **state,
             "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
             "task_buffers": {n: b.detach().clone() for n, b in self.learner.live_buffers.items()},
             "tasks_per_step": self.schedule.tasks_per_step,
             "counters": {**state["counters"], "active_task": self.active_task, "meta_step_at": self._meta_step_at},
         }
+        return sharded.gather_shards(state) if isinstance(self.learner, ShardedMetaLearner) else state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -408,8 +423,9 @@ class MetaInit(L.Callback):
         self._resumed = dict(state_dict)
 
     @torch.no_grad()
-    def _apply(self, state: dict[str, Any]) -> None:
+    def _apply(self, state: dict[str, Any], trainer: L.Trainer) -> None:
         learner = self._learner()
+        state = sharded.own_shards(trainer, state)  # a sharded learner's state holds every process's shards
         # resumed with another task_batch, at a meta-step boundary: no task is running, and its shapes differ
         regrouped = state.get("tasks_per_step", self.schedule.tasks_per_step) != self.schedule.tasks_per_step
         try:
@@ -428,4 +444,8 @@ class MetaInit(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.save_init_as_weights and self.learner is not None:
             weights = checkpoint["state_dict"]
-            weights.update((n, t) for n, t in self.learner.init_state_dict().items() if n in weights)
+            if isinstance(self.learner, ShardedMetaLearner):
+                init = sharded.init_weights(trainer, self.learner)
+            else:
+                init = self.learner.init_state_dict()
+            weights.update((n, t) for n, t in init.items() if n in weights)

@@ -105,12 +105,13 @@ class MetaLearner:
         self.module = module
         self.rule = rule
         self.names = [n for n, _ in selected]
-        self.module_parameters: list[Tensor] = [p for _, p in selected]  # the module's meta-learned parameters
+        # the module's meta-learned parameters (a sharded learner: this process's shards of them)
+        self.module_parameters: list[Tensor] = self._own_tensors([p for _, p in selected])
         self.live: list[Tensor] = list(self.module_parameters)  # the tensors each task trains (here: the module's own)
         self.buffers = buffers
         self.parallel = parallel
         self.all_reduce = all_reduce
-        self.state = MetaState(
+        self.state = self._meta_state(
             self.live,
             meta_batch_size,
             meta_lr,
@@ -156,11 +157,21 @@ class MetaLearner:
     def update(self, loss: Tensor | None = None) -> None:
         """Record an inner step: call after ``backward`` and before the inner optimizer's ``step``; ``loss`` is the
         step's (unscaled) loss, needed by rules with ``needs_loss`` (Leap with ``loss=True``)."""
-        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
+        grads = self._gradients()
         loss = self._global_loss(loss) if self.rule.needs_loss else None
         if loss is not None:
             self.losses = [loss if self.losses[0] is None else self.losses[0], loss]
         self.rule.step(self.live, grads, loss)
+
+    # the three places where a sharded learner (engine/sharded.py) differs: its tensors, its meta-state, its gradients
+    def _own_tensors(self, parameters: list[Tensor]) -> list[Tensor]:
+        return parameters
+
+    def _meta_state(self, theta_0: list[Tensor], *arguments: Any) -> MetaState:
+        return MetaState(theta_0, *arguments)
+
+    def _gradients(self) -> list[Tensor]:
+        return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
 
     def _global_loss(self, loss: Tensor | None) -> Tensor | None:
         """The loss in theta_0's precision, averaged over the processes under data-parallel training."""

@@ -157,13 +157,7 @@ class MetaState:
         each, as are their final weights ``end_points``; their first and final ``losses`` have shape ``(T,)``); a task
         that is not finite or that the guard finds ran away is dropped. Returns which tasks were kept (one
         host-device synchronisation for all of them)."""
-        if self.guard is None:
-            finite = torch.stack([g.reshape(g.shape[0], -1).isfinite().all(1) for g in meta_gradients]).all(0)
-            self.drop_reasons = [None if ok else NOT_FINITE for ok in finite.tolist()]
-        else:
-            self.drop_reasons = self.guard.judge_tasks(
-                self.guard.task_figures(meta_gradients, self.theta_0, end_points, losses)
-            )
+        self.drop_reasons = self._judge_tasks(meta_gradients, end_points, losses)
         kept = [reason is None for reason in self.drop_reasons]
         self.tasks_in_batch += len(kept)
         if any(kept):
@@ -171,6 +165,23 @@ class MetaState:
             torch._foreach_add_(self.grads, [(g if rows is None else g[rows]).sum(0) for g in meta_gradients])
             self.tasks_kept += sum(kept)
         return kept
+
+    def _judge_tasks(
+        self,
+        meta_gradients: Sequence[Tensor],
+        end_points: Sequence[Tensor] | None,
+        losses: tuple[Tensor, Tensor] | None,
+    ) -> list[str | None]:
+        """Why each of the tasks handed in together is dropped, or ``None`` (one synchronisation for all)."""
+        if self.guard is None:
+            finite = torch.stack([g.reshape(g.shape[0], -1).isfinite().all(1) for g in meta_gradients]).all(0)
+            return [None if ok else NOT_FINITE for ok in finite.tolist()]
+        return self.guard.judge_tasks(self.guard.task_figures(meta_gradients, self.theta_0, end_points, losses))
+
+    def _step_figures(self, before: Sequence[Tensor]) -> list[float]:
+        """The guard's figures of the meta-step from ``before`` to theta_0 (see ``RunawayGuard.step_figures``)."""
+        assert self.guard is not None
+        return self.guard.step_figures(self.theta_0, before)
 
     @torch.no_grad()
     def step(self) -> tuple[int, int]:
@@ -214,7 +225,7 @@ class MetaState:
         before = [p.detach().clone() for p in self.theta_0]
         optimizer_before = deepcopy(self.optimizer.state_dict())
         self.optimizer.step()
-        refusal = self.guard.judge_step(self.guard.step_figures(self.theta_0, before))
+        refusal = self.guard.judge_step(self._step_figures(before))
         if refusal is None:
             return None
         torch._foreach_copy_([p.data for p in self.theta_0], before)

@@ -127,7 +127,6 @@ class RunawayGuard:
 
     # ----------------------------------------------------------------- tasks
     @staticmethod
-    @torch.no_grad()
     def task_figures(
         meta_gradients: Sequence[Tensor],
         theta_0: Sequence[Tensor],
@@ -138,6 +137,17 @@ class RunawayGuard:
         (NaN where unknown): whether its meta-gradient is finite, its norm, ``|theta_K - theta_0|`` for its final
         weights, ``|theta_0|`` (norms in float64, which does not overflow), its first and final loss. The tensors carry
         a leading task dimension: ``(T, *shape)``, losses ``(T,)``."""
+        return RunawayGuard.task_figures_on_device(meta_gradients, theta_0, end_points, losses).tolist()
+
+    @staticmethod
+    @torch.no_grad()
+    def task_figures_on_device(
+        meta_gradients: Sequence[Tensor],
+        theta_0: Sequence[Tensor],
+        end_points: Sequence[Tensor] | None,
+        losses: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """:meth:`task_figures` as a ``(T, 6)`` float64 tensor on the tensors' device (no synchronisation)."""
         tasks = meta_gradients[0].shape[0]
         norm = _task_norms(meta_gradients)
         nan = norm.new_full((tasks,), float("nan"))
@@ -145,7 +155,7 @@ class RunawayGuard:
         first, final = (nan, nan) if losses is None else (loss.detach().to(nan).reshape(tasks) for loss in losses)
         finite = torch.stack([g.reshape(tasks, -1).isfinite().all(1) for g in meta_gradients]).all(0).to(nan)
         size = _task_norms([t.unsqueeze(0) for t in theta_0]).expand(tasks)
-        return torch.stack([finite, norm, distance, size, first, final], dim=1).tolist()
+        return torch.stack([finite, norm, distance, size, first, final], dim=1)
 
     def judge_tasks(self, figures: Sequence[Sequence[float]]) -> list[str | None]:
         """:meth:`judge_task` for each task's figures; :meth:`metrics` then holds the largest ratios among them."""
@@ -202,11 +212,16 @@ class RunawayGuard:
 
     # ----------------------------------------------------------------- meta-batches
     @staticmethod
-    @torch.no_grad()
     def step_figures(theta_0: Sequence[Tensor], before: Sequence[Tensor]) -> list[float]:
         """``[distance, size]`` of a meta-step from ``before`` to ``theta_0``: ``|theta_0 - before|`` (not finite
         when theta_0 is not) and ``|before|``, read at once."""
-        return torch.stack([_norm([p - b for p, b in zip(theta_0, before)]), _norm(before)]).tolist()
+        return RunawayGuard.step_figures_on_device(theta_0, before).tolist()
+
+    @staticmethod
+    @torch.no_grad()
+    def step_figures_on_device(theta_0: Sequence[Tensor], before: Sequence[Tensor]) -> Tensor:
+        """:meth:`step_figures` as a float64 tensor of shape ``(2,)`` on the tensors' device."""
+        return torch.stack([_norm([p - b for p, b in zip(theta_0, before)]), _norm(before)])
 
     def judge_step(self, figures: Sequence[float]) -> str | None:
         """Why the meta-step with these :meth:`step_figures` is refused (non-finite, or too far), or ``None``."""
