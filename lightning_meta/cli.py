@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from lightning_meta.callbacks import MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.cli_errors import run_reporting_errors
+from lightning_meta.cli_parse_errors import MetaArgumentParser
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
 RECIPES = """\
@@ -171,6 +172,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
                 save_config_callback=ConfigToLoggers,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs={"description": RECIPES, "formatter_class": RecipesHelpFormatter},
+                parser_class=MetaArgumentParser,  # parse errors in one line (lightning_meta.cli_parse_errors)
                 args=args,
                 run=run,
             )

@@ -13,7 +13,7 @@ checks, unreadable checkpoints), ``TypeError`` (a missing protocol method), ``Fi
 whose method raised (the data module, a callback, a task family, ...), finding the config entry that built it, and
 picking the first of its arguments that the message names. Anything else is a bug and keeps its full traceback, as
 does everything with ``--debug`` on the command line or ``LIGHTNING_META_DEBUG=1`` in the environment. Unknown keys
-and values of the wrong type stay jsonargparse's own one parse error (exit status 2).
+and values of the wrong type are parse errors, one line too (exit status 2, :mod:`lightning_meta.cli_parse_errors`).
 
 Examples:
     >>> from lightning_meta.tasks import TaskDataModule
