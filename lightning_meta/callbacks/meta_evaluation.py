@@ -532,11 +532,13 @@ class MetaEvaluation(L.Callback):
     def results(self) -> list[dict[str, str | int | float]]:
         """One row per evaluation, for the run's summary: the weights the run started from (``step`` 0), then
         theta_0 at each evaluated meta-step (the module's weights at each training step without a meta-learner);
-        the means over the held-out tasks of :meth:`HeldOutCurves.summary`."""
+        the means over the held-out tasks of :meth:`HeldOutCurves.summary`, less ``test_accuracy``, which is one of
+        the two named accuracies (the evaluation's BatchNorm mode) and would repeat it."""
         evaluated = [("initial weights", 0, self.initial)] if self.initial is not None else []
         evaluated += [(self._weights(step), step, curves) for step, curves in self.history]
         shared = {"split": self.split, "tasks": len(self._tasks), "steps_per_task": self.steps_per_task}
-        return [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
+        rows = [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
+        return [{key: value for key, value in row.items() if key != "test_accuracy"} for row in rows]
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""
