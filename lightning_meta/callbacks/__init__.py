@@ -1,6 +1,8 @@
-"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, summary."""
+"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, checkpoints,
+summary."""
 
 from lightning_meta.callbacks.atari_evaluation import AtariEvaluation
+from lightning_meta.callbacks.checkpoint import MetaCheckpoint
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.leap import Leap
 from lightning_meta.callbacks.meta_evaluation import MetaEvaluation
@@ -13,6 +15,7 @@ __all__ = [
     "AtariEvaluation",
     "HeldOutEarlyStopping",
     "Leap",
+    "MetaCheckpoint",
     "MetaEvaluation",
     "MetaInit",
     "MetaProgressBar",

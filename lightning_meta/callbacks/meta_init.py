@@ -39,6 +39,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_meta.callbacks.diverged import with_resume_hint
+from lightning_meta.callbacks.progress import use_meta_progress_bar
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
 from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
 from lightning_meta.engine.learner import Buffers, select_parameters
@@ -225,6 +226,7 @@ class MetaInit(L.Callback):
                     "parallel='tasks' under DDP, or leave task_batch unset."
                 )
             TaskBatchedTraining.check_setup(trainer, schedule.task_batch, name)
+        use_meta_progress_bar(trainer, pl_module, stage)  # in place of Lightning's default bar, one per epoch
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
