@@ -12,8 +12,6 @@ import logging
 import re
 from contextlib import contextmanager
 
-import lightning as L
-
 import pytest
 import torch
 from helpers import TinyClassifier, ToyFamily, make_trainer
@@ -235,7 +233,8 @@ def test_checkpoint_files_are_named_in_meta_steps(tmp_path):
     data = TaskDataModule(ToyFamily(), inner_steps=2, meta_batch_size=2, batch_size=4)
     checkpoint = MetaCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, save_last=True)
     make_trainer([Leap(), checkpoint], max_steps=8, enable_checkpointing=True).fit(TinyClassifier(), datamodule=data)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.ckpt", "last.ckpt", "meta-step=1.ckpt", "meta-step=2.ckpt"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["final.ckpt", "last.ckpt", "meta-step=1.ckpt", "meta-step=2.ckpt"]
 
 
 def test_without_a_meta_learner_checkpoint_names_are_lightnings(tmp_path):
