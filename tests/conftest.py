@@ -5,6 +5,7 @@ through ``TMPDIR``) go to a folder of its own, and anything in it besides pytest
 session ends fails the run, named."""
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -46,16 +47,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ[SESSION_TEMP] = os.environ["TMPDIR"] = tempfile.tempdir = folder
 
 
-NOT_OURS = ("pytest-of-", "torchinductor_")
-"""Entries of the temp folder the check leaves alone: pytest's ``tmp_path`` folders (kept for failed tests only)
-and torch's compile cache, which ``import lightning`` creates, empty, and every later run reuses."""
+NOT_OURS = re.compile(r"pytest-of-|torchinductor_|wandb-\d+-|tmp\w+wandb-(media|artifacts)$")
+"""Entries of the temp folder the check leaves alone: pytest's ``tmp_path`` folders (kept for failed tests only),
+torch's compile cache, which ``import lightning`` creates, empty, and every later run reuses, and W&B's folders of a
+process (its service's, its media and artifact staging), which wandb removes when the process exits (checked: an
+offline run leaves none after exit)."""
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when tests or doctests left files in the temp folder (:data:`NOT_OURS` excepted); then remove
     them, and the folder when the run passed."""
     folder = Path(os.environ[SESSION_TEMP])
-    left = sorted(p.name for p in folder.iterdir() if not p.name.startswith(NOT_OURS))
+    left = sorted(p.name for p in folder.iterdir() if not NOT_OURS.match(p.name))
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
