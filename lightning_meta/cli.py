@@ -24,13 +24,13 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import ActionYesNo, DefaultHelpFormatter
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 
-from lightning_meta.callbacks import MetaProgressBar, RunSummary
+from lightning_meta.callbacks import MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.cli_errors import run_reporting_errors
 from lightning_meta.cli_parse_errors import MetaArgumentParser
@@ -96,8 +96,9 @@ class MetaCLI(LightningCLI):
     any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
-    or another one is configured) and a :class:`~lightning_meta.callbacks.RunSummary`; ``--verbose`` lets Lightning's
-    tips and the libraries' warnings through."""
+    or another one is configured), a :class:`~lightning_meta.callbacks.MetaCheckpoint` (unless checkpointing is off
+    or a checkpoint callback is configured) and a :class:`~lightning_meta.callbacks.RunSummary`; ``--verbose`` lets
+    Lightning's tips and the libraries' warnings through."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -154,6 +155,8 @@ class MetaCLI(LightningCLI):
             defaults.append(RunSummary())
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             defaults.append(MetaProgressBar())
+        if config.get("enable_checkpointing") is not False and not any(isinstance(c, Checkpoint) for c in configured):
+            defaults.append(MetaCheckpoint())  # Lightning's default checkpoint, its files named in meta-steps
         self.trainer_defaults["callbacks"] = defaults
         return super().instantiate_trainer(**kwargs)
 

@@ -90,15 +90,15 @@ WARNING = re.compile(r"\.py:\d+: |Warning|warning|💡")
 
 def documented_commands() -> list[str]:
     """Every command of the pages' ``bash`` blocks, once: one per line (``\\`` continues a line), ``&&`` chains split,
-    comments and a leading ``time`` dropped."""
+    comments, a leading ``time`` and the venv's ``.venv/bin/`` dropped."""
     commands: list[str] = []
     for page in PAGES:
         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = re.sub(r"^time ", "", line.split(" # ")[0].strip())
                 if line and not line.startswith("#"):
-                    commands += [" ".join(part.split()) for part in line.split("&&")]
-    return list(dict.fromkeys(commands))
+                    commands += [" ".join(part.replace(".venv/bin/", "").split()) for part in line.split("&&")]
+    return list(dict.fromkeys(commands))  # in the venv, .venv/bin/lightning-meta is lightning-meta
 
 
 def rule(command: str) -> list[str] | str | None:
@@ -152,6 +152,8 @@ def test_the_documented_command_runs_quietly_and_ends_with_a_summary(command, tm
     assert summaries and "Results (" in result.stderr, output[-4000:]
     for summary in summaries:  # next to the run's metrics
         assert (summary.parent / "metrics.csv").exists() or (summary.parent / "config.yaml").exists()
+    named = [p.name for p in (tmp_path / "outputs").rglob("*.ckpt") if p.name not in ("last.ckpt", "final.ckpt")]
+    assert all(name.startswith("meta-step=") for name in named), named  # checkpoints count meta-steps
 
 
 def test_help_names_every_recipe_with_its_command_and_says_nothing_of_wandb():
