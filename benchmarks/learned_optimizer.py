@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
 
+from lightning_meta.data import EpisodeDataModule  # noqa: E402
+from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, unroll  # noqa: E402
 from lightning_meta.optim.training import LearnedOptimizerTraining  # noqa: E402
-from lightning_meta.tasks import EpisodeDataModule  # noqa: E402
-from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
 
 MIB = 2**20
 

@@ -32,12 +32,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_on
 
 from lightning_meta.callbacks import CheckpointOnSignal, MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.cli_errors import flag_of, run_reporting_errors
 from lightning_meta.cli_parse_errors import MetaArgumentParser
-from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
-from lightning_meta.run_folders import claim_version
-from lightning_meta.tasks import StreamDataModule, TaskDataModule
+from lightning_meta.data import StreamDataModule, TaskDataModule
+from lightning_meta.trainer.checkpoint_io import use_atomic_checkpoints
+from lightning_meta.trainer.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
+from lightning_meta.trainer.run_folders import claim_version
 
 RECIPES = """\
 Meta-learning recipes for PyTorch Lightning. Run from the repository root; each line is one run:
@@ -96,15 +96,17 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class MetaCLI(LightningCLI):
     """LightningCLI whose ``data`` is a :class:`TaskDataModule` (the default: its ``class_path`` may be left out) or
-    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
+    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.data.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
     or another one is configured), a :class:`~lightning_meta.callbacks.MetaCheckpoint` (unless checkpointing is off
     or a checkpoint callback is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
     :class:`~lightning_meta.callbacks.CheckpointOnSignal` (SIGTERM or SIGINT: saved, the command that resumes, exit
-    status 143 or 130); checkpoints are written atomically (:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO`)
-    and each logger's version folder is claimed before fit (:func:`~lightning_meta.run_folders.claim_version`), so two
-    runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings through."""
+    status 143 or 130); checkpoints are written atomically
+    (:class:`~lightning_meta.trainer.checkpoint_io.AtomicCheckpointIO`) and each logger's version folder is claimed
+    before fit (:func:`~lightning_meta.trainer.run_folders.claim_version`),
+    so two runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings
+    through."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
@@ -128,7 +130,7 @@ class MetaCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check that ``--ckpt_path`` names a readable checkpoint: a truncated or foreign file fails here
         with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it; and that it is
-        a checkpoint of the configured model class (:mod:`lightning_meta.resume_checks`)."""
+        a checkpoint of the configured model class (:mod:`lightning_meta.trainer.resume_checks`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None

@@ -1,11 +1,10 @@
-"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, range
+"""Small helpers shared by the meta-learners: parameter filters, range
 checks of numeric arguments, and the folder of a run's files."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,22 +49,6 @@ def check_range(owner: str, low: float, strict: bool = False, **values: float | 
     for name, value in values.items():
         if value is not None and not (value > low if strict else value >= low):
             raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
-
-
-@contextmanager
-def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[None]:
-    """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``, or send them
-    to ``into``'s ``log`` / ``log_dict`` methods (to collect what is logged). Nests: on exit the previous ones are back.
-    """
-    previous = {name: vars(pl_module)[name] for name in ("log", "log_dict") if name in vars(pl_module)}
-    pl_module.log = getattr(into, "log", lambda *args, **kwargs: None)  # type: ignore[method-assign]
-    pl_module.log_dict = getattr(into, "log_dict", lambda *args, **kwargs: None)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del pl_module.log, pl_module.log_dict
-        for name, method in previous.items():
-            setattr(pl_module, name, method)
 
 
 FIRST_TASK = "meta/first_task"

@@ -13,12 +13,13 @@ import wandb
 
 from lightning_meta import Leap, MetaInit
 from lightning_meta.cli import main
+from lightning_meta.data import AtariDataModule
+from lightning_meta.data.rollouts import Rollout, RolloutCollector
 from lightning_meta.engine import LeapRule
-from lightning_meta.recipes import AtariActorCritic
-from lightning_meta.recipes.actor_critic import n_step_returns
-from lightning_meta.tasks import AtariDataModule, AtariGames
-from lightning_meta.tasks.atari import make_vector_env
-from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
+from lightning_meta.families import AtariGames
+from lightning_meta.families.atari import make_vector_env
+from lightning_meta.models import AtariActorCritic
+from lightning_meta.models.actor_critic import n_step_returns
 
 ROOT = Path(__file__).parents[1]
 
@@ -63,7 +64,7 @@ def test_missing_packages_name_the_extra(monkeypatch):
         make_vector_env("Pong", num_envs=1)
     for name in [name for name in sys.modules if name.startswith("lightning_meta")]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh below, without the Atari packages
-    for name in ("lightning_meta", "lightning_meta.recipes", "lightning_meta.tasks", "lightning_meta.cli"):
+    for name in ("lightning_meta", "lightning_meta.models", "lightning_meta.data", "lightning_meta.families", "lightning_meta.cli"):
         importlib.import_module(name)
 
 
@@ -190,7 +191,7 @@ def test_paper_scale_config_builds_the_papers_agent():
     assert (model.lr, model.eps, model.alpha, model.entropy_cost, model.discount) == (1e-4, 1e-4, 0.99, 0.01, 0.99)
     assert data.settings.unroll == 5 and data.games.games("test") == ["Breakout", "SpaceInvaders"]
     (leap,) = [c for c in cli.trainer.callbacks if isinstance(c, Leap)]
-    assert leap.rule.p == 2 and leap.include == "encoder"
+    assert leap.rule.p == 2 and leap.options.include == "encoder"
     assert cli.config["trainer"]["accelerator"] == "auto"
 
 

@@ -1,9 +1,9 @@
-"""The private parts of Lightning that ``lightning_meta.lightning_private`` reads or sets, checked against the
+"""The private parts of Lightning that ``lightning_meta.trainer.lightning_private`` reads or sets, checked against the
 installed Lightning: an upgrade that moves them fails here, by name, not quietly in a run."""
 
 import lightning as L
 
-from lightning_meta.lightning_private import DEFAULT_MAX_EPOCHS, set_step_limit, uses_distributed_sampler
+from lightning_meta.trainer.lightning_private import DEFAULT_MAX_EPOCHS, set_step_limit, uses_distributed_sampler
 
 
 def test_the_step_limit_is_the_trainers_max_steps_and_lifts_the_default_epoch_limit():

@@ -42,8 +42,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from typing_extensions import override
 
+from lightning_meta.data.datamodule import task_datamodule
 from lightning_meta.protocols import CountsMetaSteps, PlansHeldOutSteps, Pretrains, TrainsTasksApart, implements
-from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.utils import FIRST_TASK, META_COUNTERS
 
 HIDDEN = ("v_num", *META_COUNTERS)

@@ -3,7 +3,7 @@
 The inner loop adapts a ``{name: tensor}`` copy of the module's parameters with ``torch.func.functional_call``; the
 module's real parameters stay ordinary ``nn.Parameter`` objects, so Lightning's optimizer, gradient accumulation,
 DDP, checkpoints and every other callback work unchanged. ``training_step`` on an
-:class:`~lightning_meta.tasks.EpisodeBatch` returns the mean query loss at the adapted parameters, whose gradient
+:class:`~lightning_meta.data.EpisodeBatch` returns the mean query loss at the adapted parameters, whose gradient
 is the (first- or second-order) MAML meta-gradient; any other batch goes to the module's own ``training_step``.
 
 Examples:
@@ -11,7 +11,7 @@ Examples:
     >>> import torch.nn.functional as F
     >>> from torch import nn
     >>> from lightning_meta.mixins import MAMLMixin
-    >>> from lightning_meta.tasks import EpisodeBatch
+    >>> from lightning_meta.data import EpisodeBatch
     >>> class FewShot(MAMLMixin, L.LightningModule):
     ...     def __init__(self):
     ...         super().__init__()
@@ -46,7 +46,7 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_meta.checkpointing import CheckpointedSegment, segment_bounds
-from lightning_meta.tasks.episodes import EpisodeBatch
+from lightning_meta.data.episodes import EpisodeBatch
 from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
 
 BatchNormMode = Literal["batch", "task", "frozen"]

@@ -1,0 +1,341 @@
+"""``DynamicalLanguageModel``: an LSTM language model whose chosen weights a learned optimizer updates as it reads
+(Wolf, Chaumond & Delangue 2018, "Meta-Learning a Dynamical Language Model").
+
+Three levels of memory: the LSTM's hidden state (short term), the weights that the coordinate-wise LSTM optimizer
+updates after every segment of the document (medium term: what this document is about) and the weights every
+document starts from (long term). Training has two phases on the same stream of document crops:
+
+1. ``pretrain_batches`` batches of ordinary language-model training (truncated back-propagation through
+   ``truncation`` segments, hidden state carried on, Adam at ``lr``): the static model.
+2. Meta-training: after each segment the chosen weights (``dynamic``) take the learned optimizer's step on that
+   segment's loss; the mean loss over the segments (the first one read at the init, every later one at the weights
+   the updates reached) is back-propagated through the updates into the optimizer's network (Adam at ``meta_lr``)
+   and, with ``learn_init``, into the initial weights (Adam at ``lr``), truncated every ``truncation`` segments
+   (:func:`~lightning_meta.optim.unroll_steps`).
+
+At the end of fit the held-out documents are read by the LM as it was when meta-training began and by the
+meta-learned one, each static and with SGD dynamic evaluation (its learning rate chosen on the validation
+documents), and the meta-learned one also with the learned optimizer: bits per byte overall and against the
+position in the document, written as a table (CSV, JSON) and a figure beside the logs and sent to every logger.
+
+Examples:
+    >>> import lightning as L
+    >>> from lightning_meta.data import DocumentDataModule
+    >>> from lightning_meta.families import TextDocuments
+    >>> model = DynamicalLanguageModel(hidden_size=16, num_layers=1, pretrain_batches=1, truncation=2,
+    ...                                evaluate=False)
+    >>> data = DocumentDataModule(TextDocuments(), segment=16, inner_steps=4)
+    >>> trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    ...                     enable_model_summary=False)
+    >>> trainer.fit(model, datamodule=data)
+    >>> trainer.global_step  # 2 batches (one static, one meta-training) of 2 truncation windows
+    4
+    >>> bool(model.net.head.weight.grad.abs().sum() > 0)  # the learned optimizer was trained
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.func import functional_call
+
+from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
+from lightning_meta.data.datamodule import task_datamodule
+from lightning_meta.data.document_data import DocumentBatch, DocumentDataModule
+from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters
+from lightning_meta.models.dynamic_evaluation import (
+    OptimizerFactory,
+    bits_per_byte,
+    choose_sgd_lr,
+    position_curve,
+    read_documents,
+    sgd,
+)
+from lightning_meta.optim.learned import LearnedOptimizer
+from lightning_meta.optim.lstm import CoordinatewiseLSTM
+from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
+from lightning_meta.plotting import log_image, plot_position_curves
+from lightning_meta.utils import log_meta_progress, run_dir
+
+SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
+INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
+
+
+class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
+    """A :class:`~lightning_meta.models.byte_lstm.ByteLSTM` and a
+    :class:`~lightning_meta.optim.CoordinatewiseLSTM` that updates its ``dynamic`` weights as it reads.
+
+    Args:
+        hidden_size: units per LSTM layer of the language model (also its embedding size).
+        num_layers: LSTM layers of the language model.
+        tie_weights: the decoder shares the embedding's weight (it stays shared through every update).
+        dynamic: regular expression searched in the language model's parameter names: the weights updated while
+            reading (``"decoder"``: the output layer, tied to the embedding; ``"decoder|lstm\\..*_l1$"``: also the
+            top layer of two; ``"."``: all).
+        net: the learned optimizer (default: ``CoordinatewiseLSTM()``, the paper's 2 x 20 LSTM); one network for
+            every coordinate, each coordinate with its own state.
+        pretrain_batches: batches of static language-model training before meta-training starts.
+        truncation: segments between two optimizer steps (truncated back-propagation).
+        first_order: feed the learned optimizer detached gradients (no second derivatives).
+        checkpoint_segments: checkpointed stretches per truncation window (0: none), to fit long windows.
+        learn_init: meta-train the initial weights jointly with the optimizer.
+        lr: Adam learning rate of the language model's weights (both phases).
+        meta_lr: Adam learning rate of the learned optimizer.
+        gradient_clip: clip the gradient norm of each optimizer step to this (``None``: no clipping).
+        sgd_lrs: learning rates tried for SGD dynamic evaluation on the validation documents.
+        evaluate: read the held-out documents at the end of fit (table, figure, logged metrics).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        tie_weights: bool = True,
+        dynamic: str = "decoder",
+        net: CoordinatewiseLSTM | None = None,
+        pretrain_batches: int = 0,
+        truncation: int = 4,
+        first_order: bool = False,
+        checkpoint_segments: int = 0,
+        learn_init: bool = True,
+        lr: float = 3e-3,
+        meta_lr: float = 1e-3,
+        gradient_clip: float | None = 1.0,
+        sgd_lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0),
+        evaluate: bool = True,
+    ) -> None:
+        super().__init__()
+        if truncation < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
+            raise ValueError(
+                "DynamicalLanguageModel: truncation must be >= 1, pretrain_batches and checkpoint_segments >= 0; got "
+                f"{truncation}, {pretrain_batches} and {checkpoint_segments}"
+            )
+        if not sgd_lrs or min(lr, meta_lr, *sgd_lrs) <= 0 or (gradient_clip is not None and gradient_clip <= 0):
+            raise ValueError(
+                "DynamicalLanguageModel: lr, meta_lr, gradient_clip and the sgd_lrs (at least one) must be positive; "
+                f"got {lr}, {meta_lr}, {gradient_clip} and {list(sgd_lrs)}"
+            )
+        self.save_hyperparameters(ignore=["net"])
+        self.lm = ByteLSTM(hidden_size, num_layers, tie_weights)
+        if not select_parameters(self.lm, dynamic):
+            names = [name for name, _ in self.lm.named_parameters(remove_duplicate=False)]
+            raise ValueError(f"DynamicalLanguageModel: dynamic={dynamic!r} matches none of the parameters {names}")
+        self.pretrained = copy.deepcopy(self.lm).requires_grad_(False)  # the LM when meta-training began
+        self.net = net or CoordinatewiseLSTM()
+        self.automatic_optimization = False
+        self.figure: Path | None = None  # the figure of the held-out reading, once written
+        self._results: list[dict[str, Any]] = []
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Optimizer steps per batch, one per truncation window; the document stream counts batches with it."""
+        data = task_datamodule(self.trainer)
+        if data is None:
+            raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
+        return -(-data.inner_steps // self.hparams["truncation"])
+
+    def meta_steps_done(self, optimizer_steps: int) -> int:
+        """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
+        return max(0, optimizer_steps - self.pretraining_steps)
+
+    @property
+    def pretraining_steps(self) -> int:
+        """Optimizer steps of pretraining, before meta-training begins (:class:`~lightning_meta.protocols.Pretrains`:
+        the progress bar labels them so)."""
+        return self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            raise MisconfigurationException(
+                "DynamicalLanguageModel runs one process: it takes several optimizer steps per batch outside a "
+                "DDP-wrapped forward. Use devices=1."
+            )
+        if not isinstance(task_datamodule(self.trainer), DocumentDataModule):
+            raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
+        use_meta_progress_bar(self.trainer, self, stage)  # in place of Lightning's default bar, one per epoch
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            [
+                {"params": list(self.lm.parameters()), "lr": self.hparams["lr"]},
+                {"params": list(self.net.parameters()), "lr": self.hparams["meta_lr"]},
+            ]
+        )
+
+    def _segment_loss(
+        self, inputs: Tensor, targets: Tensor, params: dict[str, Tensor], carry: Carry, t: int
+    ) -> tuple[Tensor, Carry]:
+        """The mean loss (nats per byte) of segment ``t`` of one document at ``params``; the LSTM state after it."""
+        logits, h, c = functional_call(self.lm, params, (inputs[t][None], *carry))
+        return F.cross_entropy(logits[0], targets[t]), (h, c)
+
+    @contextmanager
+    def _without_cudnn_if_second_order(self) -> Iterator[None]:
+        """cuDNN's LSTM has no double backward: second-order meta-gradients run PyTorch's own LSTM kernels."""
+        cudnn = torch.backends.cudnn
+        enabled = cudnn.enabled
+        cudnn.enabled = enabled and bool(self.hparams["first_order"])
+        try:
+            yield
+        finally:
+            cudnn.enabled = enabled
+
+    def training_step(self, batch: DocumentBatch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list), "configure_optimizers returns one optimizer"
+        windows = self.optimizer_steps_per_batch
+        batches_done = self.global_step // windows
+        meta = batches_done >= self.hparams["pretrain_batches"]
+        if batches_done == self.hparams["pretrain_batches"]:
+            self.pretrained.load_state_dict(self.lm.state_dict())
+        learn_init = self.hparams["learn_init"] or not meta
+        dynamic = select_parameters(self.lm, self.hparams["dynamic"]) if meta else {}
+        fixed = {n: p if learn_init else p.detach() for n, p in self.lm.named_parameters() if n not in dynamic}
+        init = {n: p if learn_init else p.detach().requires_grad_() for n, p in dynamic.items()}
+        carry = self.lm.initial_state(1, like=self.lm.decoder.bias)
+        states = [UnrollState.start(self.lm, self.net, init, carry) for _ in range(len(batch))]
+        steps, window = batch.inputs.shape[1] - 1, self.hparams["truncation"]
+        for start in range(0, steps, window):
+            stop = min(start + window, steps)
+            total = torch.zeros((), device=self.device)
+            with self._without_cudnn_if_second_order():
+                for d, state in enumerate(states):
+                    read = partial(self._segment_loss, batch.inputs[d], batch.targets[d])
+                    states[d], loss = unroll_steps(
+                        self.net,
+                        read,
+                        state,
+                        start,
+                        stop,
+                        first_order=self.hparams["first_order"],
+                        segments=self.hparams["checkpoint_segments"],
+                        score_start=start == 0,
+                        fixed=fixed,
+                    )
+                    total = total + loss / len(batch)
+                optimizer.zero_grad()
+                self.manual_backward(total)
+            if self.hparams["gradient_clip"] is not None:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(parameters, self.hparams["gradient_clip"])
+            optimizer.step()
+            states = [state.detached() for state in states]
+            self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
+        log_meta_progress(self, batch.tasks, self.meta_steps_done(self.global_step))
+
+    def on_fit_end(self) -> None:
+        folder = run_dir(self.trainer)  # on every process: a collective under DDP
+        if self.hparams["evaluate"] and self.trainer.is_global_zero:
+            self.evaluate_held_out(folder / "dynamical_lm.png")
+
+    @torch.inference_mode(False)
+    def evaluate_held_out(self, path: Path) -> list[dict[str, Any]]:
+        """Read the test documents with every updater (SGD's learning rate chosen on the validation documents);
+        write ``path`` (figure) and the table beside it (``.csv``: one row per updater, bits per byte over the whole
+        documents and over the segments a training crop has, ``inner_steps + 1``; ``.json``: also the validation
+        scores and the curves); log the bits per byte and the figure; return the rows."""
+        data = task_datamodule(self.trainer)
+        assert isinstance(data, DocumentDataModule), "checked in setup"
+        if self.global_step // self.optimizer_steps_per_batch <= self.hparams["pretrain_batches"]:
+            self.pretrained.load_state_dict(self.lm.state_dict())  # meta-training never began
+        device = self.trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
+        held_out = {
+            split: [(name, x.to(device), y.to(device)) for name, x, y in data.held_out(split)]
+            for split in ("val", "test")
+        }
+        pattern, segment = self.hparams["dynamic"], data.segment
+        net = copy.deepcopy(self.net).to(device)
+        rows, curves, documents = [], {}, torch.zeros(0)
+        lrs, val, test = self.hparams["sgd_lrs"], held_out["val"], held_out["test"]
+        label = f"Reading the held-out documents ({len(val)} validation, {len(test)} test)"
+        reads = 2 * len(lrs) * len(val) + 5 * len(test)  # SGD rates on validation, 2 + 3 updaters on test
+        with held_out_progress(self.trainer, label, reads) as advance:
+            for key, model in (("before_meta", self.pretrained), ("meta_init", self.lm)):
+                model = copy.deepcopy(model).to(device)
+                lr, scores = choose_sgd_lr(model, val, segment, pattern, lrs, advance)
+                updaters: dict[str, tuple[OptimizerFactory | None, dict[str, Any]]] = {
+                    "static": (None, {}),
+                    "sgd": (sgd(lr), {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}),
+                }
+                if key == "meta_init":
+                    updaters["learned"] = (partial(LearnedOptimizer, net=net), {})
+                for updater, (factory, extra) in updaters.items():
+                    bits, sizes = read_documents(model, test, segment, pattern, factory, advance)
+                    curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
+                    horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
+                    row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
+                    row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
+                    rows.append({**row, "bytes": int(sizes.sum()), "documents": len(test), **extra})
+        self._report(rows, curves, documents, segment, data.inner_steps + 1, path)
+        self._results = rows
+        return rows
+
+    def results(self) -> list[dict[str, str | int | float]]:
+        """The rows of the held-out reading's table (see :meth:`evaluate_held_out`) for the run's summary: bits per
+        byte of each init and updater, overall and over the trained horizon (empty before the reading)."""
+        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "documents")
+        return [{c: row[c] for c in columns if c in row} for row in self._results]
+
+    def _report(
+        self,
+        rows: list[dict[str, Any]],
+        curves: dict[str, Tensor],
+        documents: Tensor,
+        segment: int,
+        trained_segments: int,
+        path: Path,
+    ) -> None:
+        settings = {"dynamic": self.hparams["dynamic"], "segment": segment, "global_step": self.global_step}
+        table = {**settings, "rows": rows, "documents_at_position": documents.tolist()}
+        table["bits_per_byte_at_position"] = {name: curve.tolist() for name, curve in curves.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(table, indent=1))
+        with path.with_suffix(".csv").open("w", newline="") as f:
+            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "bytes"]
+            columns.append("documents")
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        metrics = {f"test/{r['init']}/{r['updater']}/bits_per_byte": r["bits_per_byte"] for r in rows}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+        shown = documents >= min(2, int(documents.max()))  # positions that at least two documents reach
+        window = min(SMOOTHING, int(shown.sum()))
+
+        def smooth(curve: Tensor) -> Tensor:  # running mean over `window` segments
+            return F.avg_pool1d(curve[shown][None, None], window, stride=1)[0, 0]
+
+        labels = {f"{k}/{u}": f"{INITS[k]}, {u}" for k in INITS for u in ("static", "sgd", "learned")}
+        absolute = {labels[name]: smooth(curve) for name, curve in curves.items()}
+        gains = {
+            labels[name]: smooth(curve - curves[name.split("/")[0] + "/static"])
+            for name, curve in curves.items()
+            if not name.endswith("static")
+        }
+        ends = (torch.arange(len(documents)) + 1.0)[shown] * segment  # the byte each segment ends at
+        positions = F.avg_pool1d(ends[None, None], window, stride=1)[0, 0]
+        panels = {"bits per byte (test documents)": absolute, "bits per byte minus static, same init": gains}
+        title = (
+            f"Reading the {rows[0]['documents']} test documents: running mean over {window} segments of {segment} "
+            "bytes, positions that at least two documents reach"
+        )
+        horizon = ("trained horizon", trained_segments * segment)
+        self.figure = plot_position_curves(panels, positions, path, title, mark=horizon)
+        log_image(self.trainer.loggers, "test/bits_per_byte_by_position", path, self.global_step)
+        rank_zero_info(f"DynamicalLanguageModel: table {path.with_suffix('.csv')}, figure {path}")
