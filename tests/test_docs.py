@@ -17,8 +17,6 @@ PACKAGES = [
     "lightning_meta.models",
     "lightning_meta.data",
     "lightning_meta.families",
-    "lightning_meta.trainer",
-    "lightning_meta.tooling",
 ]
 
 

@@ -227,7 +227,7 @@ class LoggedLoss(L.Callback):
         self.meta, self.pairs = meta, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.pairs.append((trainer.callback_metrics["train_loss"], self.meta._batched.losses.mean()))
+        self.pairs.append((trainer.callback_metrics["train_loss"], self.meta.loop.batched.losses.mean()))
 
 
 def test_what_training_step_logs_is_averaged_over_the_tasks():

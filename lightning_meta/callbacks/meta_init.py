@@ -79,10 +79,7 @@ class MetaInit(L.Callback):
                 f"{type(self).__name__}({schedule[0]}={options[schedule[0]]!r}): the task schedule belongs to the data "
                 f"module: pass it to TaskDataModule(...) (--data.{schedule[0]}=... on the command line)."
             )
-        try:
-            self.options = MetaOptions(**options)
-        except ValueError as error:
-            raise ValueError(f"{type(self).__name__}: {error}") from None
+        self.options = MetaOptions(**options)  # checks them: one line that names the argument
         self.rule, self.save_init_as_weights, self.final_checkpoint = rule, save_init_as_weights, final_checkpoint
         self.learner: MetaLearner | None = None  # built in on_fit_start, where the module has its device
         self.loop: TrainerTaskLoop | None = None
