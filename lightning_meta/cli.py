@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_meta.callbacks import CheckpointOnSignal, MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
@@ -36,6 +36,7 @@ from lightning_meta.cli_errors import flag_of, run_reporting_errors
 from lightning_meta.cli_parse_errors import MetaArgumentParser
 from lightning_meta.data import StreamDataModule, TaskDataModule
 from lightning_meta.trainer.checkpoint_io import use_atomic_checkpoints
+from lightning_meta.trainer.lightning_private import LIGHTNING_MESSAGES, drop_unset_anonymous
 from lightning_meta.trainer.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
 from lightning_meta.trainer.run_folders import claim_version
 
@@ -81,7 +82,7 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
 def quiet() -> None:
     """Hide what a user of the command cannot act on: Lightning's tips (for its litlogger and litmodels services)
     and the ``FutureWarning`` that Lightning 2.6's own data loading raises through torch's ``LeafSpec``."""
-    rank_zero_module.log.addFilter(_not_a_tip)  # once: a logger keeps a filter only once
+    LIGHTNING_MESSAGES.addFilter(_not_a_tip)  # once: a logger keeps a filter only once
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
@@ -113,7 +114,13 @@ class MetaCLI(LightningCLI):
         self.command_line = None if isinstance(given, dict) else list(sys.argv[1:] if given is None else given)
         self.resumed: tuple[str, dict[str, Any], Any] | None = None  # --ckpt_path, its checkpoint, the parsed model
         self.kept: list[tuple[str, Any, Any]] = []  # model arguments configured otherwise than the checkpoint says
+        self.model_base: type[L.LightningModule] = kwargs.get("model_class") or L.LightningModule
         super().__init__(*args, **kwargs)
+
+    def _chosen(self, config: Any, key: str, default: Any) -> Any:
+        """``key`` of the running subcommand's config (of the whole config without a subcommand)."""
+        section = config.get(self.subcommand) if self.subcommand else config
+        return section.get(key, default) if section is not None else default
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -124,7 +131,7 @@ class MetaCLI(LightningCLI):
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self.model_base, "model", subclass_mode=self.subclass_mode_model)
         parser.add_subclass_arguments((TaskDataModule, StreamDataModule), "data", fail_untyped=False, required=True)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
@@ -152,7 +159,7 @@ class MetaCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        if not self._get(self.config, "verbose", default=False):
+        if not self._chosen(self.config, "verbose", default=False):
             quiet()
         if self.resumed is not None and self.subcommand is not None:
             path, _, written = self.resumed
@@ -181,13 +188,10 @@ class MetaCLI(LightningCLI):
         if wandb:
             wandb_offline_without_key()
         for logger in wandb:
-            # Lightning 2.6 passes anonymous=None to wandb.init, which wandb (0.31 here) answers with a warning that the
-            # setting has no effect; leaving the key out is what None means
-            if logger._wandb_init.get("anonymous", "allow") is None:
-                del logger._wandb_init["anonymous"]
+            drop_unset_anonymous(logger)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._chosen(self.config_init, "trainer", default={})
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         defaults: list[L.Callback] = []
@@ -223,7 +227,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
                 run=run,
             )
         finally:
-            rank_zero_module.log.removeFilter(_not_a_tip)
+            LIGHTNING_MESSAGES.removeFilter(_not_a_tip)
 
 
 def command() -> None:

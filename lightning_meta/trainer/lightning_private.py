@@ -1,7 +1,8 @@
 """The few places where the library reaches past Lightning's public API, in one module, each with the public
 alternative it lacks: the step limit a data module sets, the distributed-sampler setting it reads, the training step
-that tasks trained together replace, and ``self.log`` muted or collected while a callback runs the user's
-``training_step`` again. ``tests/test_lightning_private.py`` checks every one against the installed Lightning, so that
+that tasks trained together replace, ``self.log`` muted or collected while a callback runs the user's
+``training_step`` again, the logger Lightning's messages go through, a CSV or TensorBoard logger's version, and
+W&B's init arguments. ``tests/test_lightning_private.py`` checks every one against the installed Lightning, so that
 an upgrade that moves them fails loudly there instead of quietly elsewhere.
 
 Examples:
@@ -14,11 +15,13 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import Strategy
 
 DEFAULT_MAX_EPOCHS = 1000
@@ -78,3 +81,32 @@ def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[No
         del pl_module.log, pl_module.log_dict
         for name, method in previous.items():
             setattr(pl_module, name, method)
+
+
+LIGHTNING_MESSAGES = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+"""The logger of Lightning's ``rank_zero_info`` / ``rank_zero_warn`` messages (its tips among them): Lightning sets
+``rank_zero_module.log`` to it, and documents no other handle on it."""
+
+
+def chosen_version(logger: CSVLogger | TensorBoardLogger) -> int | str | None:
+    """The version the user gave the logger (``None``: left to the logger, which takes the next free one when first
+    asked). Lightning keeps it only in the private ``_version``; ``logger.version`` would pick one."""
+    return logger._version
+
+
+def next_version(logger: CSVLogger | TensorBoardLogger) -> int:
+    """The first ``version_<n>`` the logger would take now: Lightning's own listing of its folder."""
+    return logger._get_next_version()
+
+
+def set_version(logger: CSVLogger | TensorBoardLogger, version: int) -> None:
+    """Make the logger write into ``version_<version>``, as ``CSVLogger(version=version)`` would."""
+    logger._version = version
+
+
+def drop_unset_anonymous(logger: WandbLogger) -> None:
+    """Leave ``anonymous`` out of the arguments ``WandbLogger`` passes to ``wandb.init`` when the user did not set
+    it: Lightning 2.6 passes ``anonymous=None``, which wandb answers with a warning that the setting has no effect
+    (leaving the key out is what None means). Lightning keeps these arguments in the private ``_wandb_init``."""
+    if logger._wandb_init.get("anonymous", "allow") is None:
+        del logger._wandb_init["anonymous"]

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from lightning_meta.trainer.lightning_private import chosen_version, next_version, set_version
+
 
 def claim_version(logger: Logger) -> int | str | None:
     """Give a CSV or TensorBoard logger whose version was left to it the first free ``version_<n>`` folder,
@@ -32,16 +34,16 @@ def claim_version(logger: Logger) -> int | str | None:
     by the user, and folders that are not local, stay as they are."""
     if not isinstance(logger, (CSVLogger, TensorBoardLogger)):
         return None
-    if logger._version is not None or "://" in str(logger.root_dir):
+    if chosen_version(logger) is not None or "://" in str(logger.root_dir):
         return logger.version
     root = Path(logger.root_dir)
     root.mkdir(parents=True, exist_ok=True)
-    version = logger._get_next_version()
+    version = next_version(logger)
     while True:
         try:
             os.mkdir(root / f"version_{version}")
         except FileExistsError:  # another run claimed it between the listing and now
             version += 1
             continue
-        logger._version = version
+        set_version(logger, version)
         return version
