@@ -35,8 +35,8 @@ from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.cli_errors import flag_of, run_reporting_errors
 from lightning_meta.cli_parse_errors import MetaArgumentParser
 from lightning_meta.data import StreamDataModule, TaskDataModule
+from lightning_meta.lightning_private import LIGHTNING_MESSAGES, drop_unset_anonymous
 from lightning_meta.trainer.checkpoint_io import use_atomic_checkpoints
-from lightning_meta.trainer.lightning_private import LIGHTNING_MESSAGES, drop_unset_anonymous
 from lightning_meta.trainer.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
 from lightning_meta.trainer.run_folders import claim_version
 
@@ -97,7 +97,7 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class MetaCLI(LightningCLI):
     """LightningCLI whose ``data`` is a :class:`TaskDataModule` (the default: its ``class_path`` may be left out) or
-    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.data.AtariDataModule``).
+    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.families.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
     or another one is configured), a :class:`~lightning_meta.callbacks.MetaCheckpoint` (unless checkpointing is off

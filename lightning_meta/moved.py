@@ -1,8 +1,9 @@
 """The import paths of the modules that moved into their rooms (release 0.2), kept working for one release: importing
 an old path gives the module at its new one and a :class:`MovedWarning` naming it.
 
-``lightning_meta.tasks`` was split into :mod:`lightning_meta.data` (data modules, streams, the schedule, the task
-API) and :mod:`lightning_meta.families` (task families); its names are found in whichever holds them.
+``lightning_meta.tasks`` was split into :mod:`lightning_meta.data` (the data modules of any family, streams, the
+schedule, the task API) and :mod:`lightning_meta.families` (task families and the data modules of one family); its
+names are found in whichever holds them.
 
 Examples:
     >>> import warnings
@@ -26,10 +27,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-DATA = ("datamodule", "stream", "schedule", "episodes", "document_data", "atari_data", "rollouts", "family")
+DATA = ("datamodule", "stream", "schedule", "episodes", "family")
 FAMILIES = (
     "alphabets", "atari", "dataset_tasks", "documents", "few_shot_tasks", "glyphs", "omniglot", "quadratics",
-    "seeded_tasks", "vision",
+    "seeded_tasks", "vision", "document_data", "atari_data", "rollouts",
 )  # fmt: skip
 MODELS = (
     "actor_critic", "byte_lstm", "classifier", "dataset_classifier", "dynamic_evaluation", "dynamical_lm",
@@ -48,7 +49,7 @@ MOVED: dict[str, str] = {
     },
     **{
         f"lightning_meta.{name}": f"lightning_meta.trainer.{name}"
-        for name in ("lightning_private", "checkpoint_io", "resume_checks", "run_folders", "stop_signals")
+        for name in ("checkpoint_io", "resume_checks", "run_folders", "stop_signals")
     },
 }
 """Old module path -> new module path."""
@@ -77,6 +78,7 @@ class _SplitPackage(types.ModuleType):
             value = getattr(importlib.import_module(home), attribute, None)
             if value is not None:
                 _warn(f"{self.__name__}.{attribute}", f"{home}.{attribute}")
+                setattr(self, attribute, value)  # one warning per name
                 return value
         raise AttributeError(f"module {self.__name__!r} has no attribute {attribute!r}")
 
@@ -110,6 +112,7 @@ class MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
-    """Put :class:`MovedFinder` on ``sys.meta_path`` (once)."""
+    """Put :class:`MovedFinder` first on ``sys.meta_path`` (once): an old path is always the new module, even where
+    an editable install made before the move still maps the old folders."""
     if not any(isinstance(finder, MovedFinder) for finder in sys.meta_path):
-        sys.meta_path.append(MovedFinder())
+        sys.meta_path.insert(0, MovedFinder())

@@ -13,8 +13,8 @@ import wandb
 
 from lightning_meta import Leap, MetaInit
 from lightning_meta.cli import main
-from lightning_meta.data import AtariDataModule
-from lightning_meta.data.rollouts import Rollout, RolloutCollector
+from lightning_meta.families import AtariDataModule
+from lightning_meta.families.rollouts import Rollout, RolloutCollector
 from lightning_meta.engine import LeapRule
 from lightning_meta.families import AtariGames
 from lightning_meta.families.atari import make_vector_env

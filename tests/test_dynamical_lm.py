@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_meta.cli import main
-from lightning_meta.data import DocumentDataModule
+from lightning_meta.families import DocumentDataModule
 from lightning_meta.families import TextDocuments
 from lightning_meta.models import DynamicalLanguageModel
 from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters

@@ -1,4 +1,4 @@
-"""The private parts of Lightning that ``lightning_meta.trainer.lightning_private`` reads or sets, checked against the
+"""The private parts of Lightning that ``lightning_meta.lightning_private`` reads or sets, checked against the
 installed Lightning: an upgrade that moves them fails here, by name, not quietly in a run."""
 
 import lightning as L
@@ -7,7 +7,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from torch.utils.data import DataLoader
 
-from lightning_meta.trainer.lightning_private import (
+from lightning_meta.lightning_private import (
     DEFAULT_MAX_EPOCHS,
     LIGHTNING_MESSAGES,
     chosen_version,

@@ -22,7 +22,8 @@ from test_maml import TinyMAML, WithPlainStep
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import MetaCheckpoint, MetaProgressBar
 from lightning_meta.callbacks.progress import _ClearBars, held_out_progress
-from lightning_meta.data import DocumentDataModule, EpisodeDataModule, TaskDataModule
+from lightning_meta.data import EpisodeDataModule, TaskDataModule
+from lightning_meta.families import DocumentDataModule
 from lightning_meta.data.schedule import TaskSchedule
 from lightning_meta.families import TextDocuments
 from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics

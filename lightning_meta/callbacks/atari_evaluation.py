@@ -1,6 +1,6 @@
 """``AtariEvaluation``: learning curves on held-out Atari games from the meta-learned encoder vs a random one.
 
-When fit ends, for each held-out game of the :class:`~lightning_meta.data.AtariDataModule` and each seed, a copy of
+When fit ends, for each held-out game of the :class:`~lightning_meta.families.AtariDataModule` and each seed, a copy of
 the module trains for ``env_steps`` agent steps twice: from theta_0 (the meta-learned encoder, read from the
 Trainer's :class:`~lightning_meta.callbacks.MetaInit`, else the module's weights) and from a random encoder drawn
 with the seed; the heads are fresh in both. The same seed plays the same environments and samples the same way in
@@ -34,8 +34,8 @@ from torch import Tensor
 
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress
-from lightning_meta.data.atari_data import AtariDataModule
-from lightning_meta.data.rollouts import Rollout
+from lightning_meta.families.atari_data import AtariDataModule
+from lightning_meta.families.rollouts import Rollout
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_return_curves
 from lightning_meta.trainer.held_out import HeldOutTraining

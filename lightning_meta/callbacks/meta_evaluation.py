@@ -54,13 +54,13 @@ from lightning_meta.callbacks.progress import held_out_progress, use_meta_progre
 from lightning_meta.data.family import Split, Task, TaskInfo, dataset_length
 from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 from lightning_meta.engine import MetaTrainingDiverged
+from lightning_meta.lightning_private import muted_logging
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.trainer.diverged import with_resume_hint
 from lightning_meta.trainer.early_stopping import HeldOutEarlyStopping
 from lightning_meta.trainer.held_out import HeldOutTraining
-from lightning_meta.trainer.lightning_private import muted_logging
 from lightning_meta.utils import run_dir, training_loss
 
 SCORING_BATCH = 1024

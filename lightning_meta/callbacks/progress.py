@@ -42,8 +42,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_meta.data.datamodule import task_datamodule
+from lightning_meta.lightning_private import LIGHTNING_MESSAGES
 from lightning_meta.protocols import CountsMetaSteps, PlansHeldOutSteps, Pretrains, TrainsTasksApart, implements
-from lightning_meta.trainer.lightning_private import LIGHTNING_MESSAGES
 from lightning_meta.utils import FIRST_TASK, META_COUNTERS
 
 HIDDEN = ("v_num", *META_COUNTERS)

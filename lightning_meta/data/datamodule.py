@@ -37,8 +37,8 @@ from torchvision.transforms import v2
 from lightning_meta.data.family import Split, Task, TaskFamily, TaskInfo, dataset_length
 from lightning_meta.data.schedule import TaskSchedule
 from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset, stream_task_index
+from lightning_meta.lightning_private import set_step_limit, uses_distributed_sampler
 from lightning_meta.protocols import StepsPerBatch, TrainsTasksApart, implements
-from lightning_meta.trainer.lightning_private import set_step_limit, uses_distributed_sampler
 from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_positive
 
 

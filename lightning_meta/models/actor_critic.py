@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from lightning_meta.checkpoint_files import ChecksCheckpointClass
-from lightning_meta.data.rollouts import Rollout
+from lightning_meta.families.rollouts import Rollout
 from lightning_meta.utils import check_range
 
 
@@ -42,7 +42,7 @@ def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, discount: 
 
 
 class AtariActorCritic(ChecksCheckpointClass, L.LightningModule):
-    """A2C on :class:`~lightning_meta.data.rollouts.Rollout` batches, with RMSprop as in the Leap paper.
+    """A2C on :class:`~lightning_meta.families.rollouts.Rollout` batches, with RMSprop as in the Leap paper.
 
     The loss of a rollout is ``policy + value_cost * value - entropy_cost * entropy`` with n-step returns of the
     clipped rewards (to [-1, 1]) bootstrapped from the value of the state after the rollout, computed at the current

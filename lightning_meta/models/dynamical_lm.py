@@ -20,7 +20,7 @@ position in the document, written as a table (CSV, JSON) and a figure beside the
 
 Examples:
     >>> import lightning as L
-    >>> from lightning_meta.data import DocumentDataModule
+    >>> from lightning_meta.families import DocumentDataModule
     >>> from lightning_meta.families import TextDocuments
     >>> model = DynamicalLanguageModel(hidden_size=16, num_layers=1, pretrain_batches=1, truncation=2,
     ...                                evaluate=False)
@@ -57,7 +57,7 @@ from torch.func import functional_call
 from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
 from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.data.datamodule import task_datamodule
-from lightning_meta.data.document_data import DocumentBatch, DocumentDataModule
+from lightning_meta.families.document_data import DocumentBatch, DocumentDataModule
 from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters
 from lightning_meta.models.dynamic_evaluation import (
     OptimizerFactory,

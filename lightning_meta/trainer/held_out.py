@@ -39,8 +39,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_meta.data.family import TaskInfo
+from lightning_meta.lightning_private import muted_logging
 from lightning_meta.protocols import InnerOptimizer, TaskAware, implements
-from lightning_meta.trainer.lightning_private import muted_logging
 from lightning_meta.utils import training_loss
 
 

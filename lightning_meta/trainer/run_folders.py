@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from lightning_meta.trainer.lightning_private import chosen_version, next_version, set_version
+from lightning_meta.lightning_private import chosen_version, next_version, set_version
 
 
 def claim_version(logger: Logger) -> int | str | None:

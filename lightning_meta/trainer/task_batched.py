@@ -37,7 +37,7 @@ from torch import Tensor
 
 from lightning_meta.data.datamodule import StreamDataModule
 from lightning_meta.engine.batched import ELEMENTWISE_OPTIMIZERS, TaskBatchedLearner
-from lightning_meta.trainer.lightning_private import muted_logging, strategy_training_step
+from lightning_meta.lightning_private import muted_logging, strategy_training_step
 from lightning_meta.utils import training_loss
 
 
@@ -118,7 +118,7 @@ class TaskBatchedTraining:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """While open: the inner optimizers step the stacked tensors, and the strategy's training step trains all T
-        tasks (:func:`~lightning_meta.trainer.lightning_private.strategy_training_step`: Lightning has no public hook
+        tasks (:func:`~lightning_meta.lightning_private.strategy_training_step`: Lightning has no public hook
         that replaces the step's loss computation)."""
         stacked = {id(p): live for p, live in zip(self.learner.module_parameters, self.learner.live)}
         for optimizer in self.trainer.optimizers:

@@ -30,9 +30,9 @@ from torch import Tensor
 
 from lightning_meta.data.datamodule import StreamDataModule, TaskDataModule
 from lightning_meta.engine import MetaLearner, MetaTrainingDiverged
+from lightning_meta.lightning_private import muted_logging
 from lightning_meta.protocols import TaskAware, implements
 from lightning_meta.trainer.diverged import with_resume_hint
-from lightning_meta.trainer.lightning_private import muted_logging
 from lightning_meta.trainer.task_batched import TaskBatchedTraining
 from lightning_meta.utils import log_meta_progress, training_loss
 

@@ -2,8 +2,8 @@
 
 Task ``t`` of the stream is a game of the meta-training pool (each pass over the pool is a seeded permutation, as
 for image tasks); under DDP its :class:`~lightning_meta.data.schedule.TaskSchedule` says
-which task each process plays. Each batch is an empty :class:`~lightning_meta.data.rollouts.Rollout` that the
-module fills with its current policy (see :mod:`lightning_meta.data.rollouts`).
+which task each process plays. Each batch is an empty :class:`~lightning_meta.families.rollouts.Rollout` that the
+module fills with its current policy (see :mod:`lightning_meta.families.rollouts`).
 
 Examples:
     >>> data = AtariDataModule(AtariGames(train=["Pong", "Freeway"]), inner_steps=3, num_envs=2)
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lightning_meta.data.datamodule import StreamDataModule
-from lightning_meta.data.rollouts import Rollout, RolloutCollector
 from lightning_meta.data.stream import stream_task_index
 from lightning_meta.families.atari import AtariGames
+from lightning_meta.families.rollouts import Rollout, RolloutCollector
 from lightning_meta.validation import Parallel
 
 
