@@ -28,7 +28,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.engine import MetaTrainingDiverged
-from lightning_meta.metrics import curve_auc
+from lightning_meta.metrics import TrainingPath, curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.tasks.family import Split, Task, dataset_length
@@ -66,7 +66,9 @@ class HeldOutCurves:
     BatchNorm mode named (train mode: every scoring batch normalised with its own statistics; eval mode: the running
     statistics the task's training steps accumulated, as the Leap authors score); ``steps`` the steps each task
     trained (fewer than ``inner_steps`` when early stopping cut it short: the curves then stay at their last
-    value)."""
+    value); ``path_length`` the length of each task's training path in the joint (theta, loss) space, Leap's
+    objective (:func:`~lightning_meta.metrics.path_length`: theta is all the module's parameters, the loss each
+    step's training loss; empty in curves saved before it was measured)."""
 
     loss: Tensor
     error: Tensor
@@ -75,10 +77,11 @@ class HeldOutCurves:
     steps: Tensor
     test_accuracy_batch_statistics: Tensor
     test_accuracy_running_statistics: Tensor
+    path_length: Tensor = field(default_factory=lambda: torch.empty(0))
 
     def summary(self) -> dict[str, float]:
         """Means over the tasks: learning-curve AUCs, the loss of the last step, the final training error (all the
-        task's training images after the last step) and the held-out accuracies."""
+        task's training images after the last step), the held-out accuracies and the mean path length."""
         return {
             "train_loss_auc": float(curve_auc(self.loss).mean()),
             "train_error_auc": float(curve_auc(self.error).mean()),
@@ -87,6 +90,7 @@ class HeldOutCurves:
             "test_accuracy": float(self.test_accuracy.mean()),
             "test_accuracy_batch_statistics": float(self.test_accuracy_batch_statistics.mean()),
             "test_accuracy_running_statistics": float(self.test_accuracy_running_statistics.mean()),
+            "path_length": float(self.path_length.mean()),
         }
 
 
@@ -126,9 +130,9 @@ def adapt(
     called after every training step.
     """
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
-        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(5, 0))
+        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(6, 0))
     device = device or pl_module.device
-    losses, errors, train_accuracies, steps, running_accuracies, batch_accuracies = [], [], [], [], [], []
+    losses, errors, train_accuracies, steps, running_accuracies, batch_accuracies, paths = [], [], [], [], [], [], []
     with HeldOutTraining(pl_module, device, progress) as run:
         model = run.model
         hook = _LogitsHook(model)
@@ -139,9 +143,11 @@ def adapt(
             sampler = TaskBatchSampler([dataset_length(fit.train)], batch_size, inner_steps, 1, seed=seed + index)
             loader = DataLoader(TaskStreamDataset([fit]), batch_sampler=sampler, collate_fn=collate_task_batch)
             task_losses, task_errors = [], []
+            path = TrainingPath(model.parameters())
             for step, batch in enumerate(loader):
                 x, y = batch.inputs.to(device), batch.targets.to(device)
                 task_losses.append(run.step((x, y), step))
+                path.step(task_losses[-1])
                 logits = hook.logits
                 wrong = (logits.argmax(-1) != y).float().mean() if logits is not None else torch.tensor(float("nan"))
                 task_errors.append(wrong.to(device))
@@ -151,6 +157,7 @@ def adapt(
                     model.train()
                     if monitor.should_stop(done, error):
                         break
+            paths.append(path.length(final_loss=run.loss((x, y), step)))
             if monitor is not None:
                 monitor.restore_best()
             steps.append(torch.tensor(float(len(task_losses))))
@@ -164,7 +171,10 @@ def adapt(
     by_batch, by_running = torch.stack(batch_accuracies).cpu(), torch.stack(running_accuracies).cpu()
     accuracy = by_batch if batch_statistics else by_running
     train_accuracy = torch.stack(train_accuracies).cpu()
-    return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps), by_batch, by_running)
+    return HeldOutCurves(
+        loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps), by_batch, by_running,
+        torch.stack(paths).float().cpu(),
+    )
 
 
 def _extend(curve: Tensor, length: int) -> Tensor:
