@@ -1,0 +1,70 @@
+"""The scaling curves' sweep (recipes/omniglot/scaling.py) at a tiny size: the points a run is scored at, the
+meta-steps axis's tuning along one run and its test runs, and the rows it writes."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_meta.sweep import Sweep, grid
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def scaling(monkeypatch):
+    """The script as a module, shrunk: 1, 2, 3 meta-steps of 2 inner steps, an 8-channel net, 2 alphabets."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes" / "omniglot"))
+    spec = importlib.util.spec_from_file_location("scaling", ROOT / "recipes" / "omniglot" / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "scaling", module)
+    monkeypatch.delitem(sys.modules, "sweep", raising=False)  # recipes/omniglot/sweep.py, not another recipe's
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "BASE", module.Point(meta_steps=1, inner_steps=2, channels=8, alphabets=2))
+    monkeypatch.setattr(module, "META_STEPS", (1, 2, 3))
+    monkeypatch.setattr(module, "TUNED_UP_TO", 2)
+    monkeypatch.setitem(module.AXES, "meta-steps", ("meta_steps", (1, 2, 3)))
+    return module
+
+
+def test_points_name_what_differs_from_the_quick_size(scaling):
+    point = scaling.BASE.with_(inner_steps=25, augment=True)
+    assert point.group == "inner_steps=25 augment=True" and scaling.Point.parse(point.group) == point
+    assert scaling.Point.parse("base") == scaling.BASE
+    with pytest.raises(ValueError, match="'width' is not one of"):
+        scaling.Point.parse("width=64")
+    plans = scaling.plan_of("width", scaling.BASE, ["leap", "scratch"])
+    assert plans == [{"leap": ["channels=32", "channels=64"]}, {"scratch": ["channels=32", "channels=64"]}]
+    (plan, scratch), = [scaling.plan_of("augmentation", scaling.BASE.with_(inner_steps=3), ["leap", "scratch"])]
+    assert plan == {"leap": ["inner_steps=3", "inner_steps=3 augment=True"]}  # no pre-training: no augmentation
+    assert scratch == {"scratch": ["inner_steps=3"]}
+
+
+def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scaling, tmp_path, glyph_root):
+    monkeypatch_grids = {"leap": grid(**{"Leap.meta_lr": [0.1, 0.3]}), "finetune": [], "scratch": []}
+    extra = [f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_test=2"]
+    run = scaling.partial(scaling.run_cell, extra=extra)
+    sweep = Sweep(tmp_path, run, monkeypatch_grids, scaling.SCALING_METRICS, "point", log=lambda line: None)
+    for plan in scaling.plan_of("meta-steps", scaling.BASE, ["leap", "finetune", "scratch"]):
+        sweep.run(plan, [0])
+    rows = sweep.results.rows()
+    tuning = sorted((r["group"], r["setting"], r["meta_steps"]) for r in rows if r["stage"] == "tune")
+    assert tuning == [(g, s, m) for g, m in (("base", "1"), ("meta_steps=2", "2"))
+                      for s in ("Leap.meta_lr=0.1", "Leap.meta_lr=0.3")]  # one run per setting, scored at 1 and 2
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert [f for f in folders if f.startswith("tune-leap")] == [
+        "tune-leap-meta_steps=2-0-Leap.meta_lr=0.1", "tune-leap-meta_steps=2-0-Leap.meta_lr=0.3"]
+    tests = {(r["method"], r["group"]): r for r in rows if r["stage"] == "test"}
+    assert sorted(tests) == [("finetune", "base"), ("finetune", "meta_steps=2"), ("finetune", "meta_steps=3"),
+                             ("leap", "base"), ("leap", "meta_steps=2"), ("leap", "meta_steps=3"), ("scratch", "base")]
+    for group in ("base", "meta_steps=2"):  # each tuned point's test run uses the setting chosen at that point
+        candidates = [r for r in rows if r["stage"] == "tune" and r["group"] == group]
+        assert tests["leap", group]["setting"] == min(candidates, key=lambda r: float(r["train_error_auc"]))["setting"]
+    assert tests["leap", "meta_steps=3"]["setting"] == tests["leap", "meta_steps=2"]["setting"]  # beyond: tuned at 2
+    assert tests["leap", "meta_steps=3"]["cpu_seconds"] == tests["leap", "meta_steps=2"]["cpu_seconds"]  # one run
+    assert [tests["finetune", g]["meta_steps"] for g in ("base", "meta_steps=2", "meta_steps=3")] == ["1", "2", "3"]
+    assert all(float(r["path_length"]) > 0 for r in rows)
+    assert tests["scratch", "base"]["meta_steps"] == "0"
+    report = scaling.axis_report("meta-steps", rows, scaling.BASE, tmp_path)
+    assert "| leap | 3 | 1 | Leap.meta_lr=" in report and (tmp_path / "scaling_meta-steps.png").exists()
