@@ -34,11 +34,11 @@ def test_points_name_what_differs_from_the_quick_size(scaling):
     assert scaling.Point.parse("base") == scaling.BASE
     with pytest.raises(ValueError, match="'width' is not one of"):
         scaling.Point.parse("width=64")
-    plans = scaling.plan_of("width", scaling.BASE, ["leap", "scratch"])
-    assert plans == [{"leap": ["channels=32", "channels=64"]}, {"scratch": ["channels=32", "channels=64"]}]
-    (plan, scratch), = [scaling.plan_of("augmentation", scaling.BASE.with_(inner_steps=3), ["leap", "scratch"])]
-    assert plan == {"leap": ["inner_steps=3", "inner_steps=3 augment=True"]}  # no pre-training: no augmentation
-    assert scratch == {"scratch": ["inner_steps=3"]}
+    plans = scaling.plan_of("width", scaling.BASE, ["leap", "scratch"])  # one point after the other
+    assert plans == [{"leap": ["channels=32"], "scratch": ["channels=32"]},
+                     {"leap": ["channels=64"], "scratch": ["channels=64"]}]
+    plans = scaling.plan_of("augmentation", scaling.BASE.with_(inner_steps=3), ["leap", "scratch"], [True])
+    assert plans == [{"leap": ["inner_steps=3 augment=True"], "scratch": ["inner_steps=3"]}]  # scratch: no augmentation
 
 
 def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scaling, tmp_path, glyph_root):

@@ -186,21 +186,20 @@ def run_cell(cell: Cell, folder: Path, extra: list[str]) -> list[dict[str, objec
     return rows
 
 
-def plan_of(axis: str, at: Point, methods: list[str]) -> list[dict[str, list[str]]]:
-    """The sweeps an axis runs, in order: ``{method: groups}``. No pre-training depends only on how held-out alphabets
-    train (inner steps, width): it runs at those points of the axis only."""
-    name, values = AXES[axis]
+def plan_of(axis: str, at: Point, methods: list[str], values: list[Any] | None = None) -> list[dict[str, list[str]]]:
+    """The sweeps an axis runs, in order, ``{method: groups}``: one point after the other (each tuned and tested
+    before the next starts), ``values`` (default: all of the axis's). No pre-training depends only on how held-out
+    alphabets train (inner steps, width): it runs at the points that differ in those."""
+    name, every = AXES[axis]
     trained = [m for m in methods if m != "scratch"]
+    scratch = ["scratch"] if "scratch" in methods else []
     if axis == "meta-steps":
         tuned = [BASE.with_(meta_steps=m).group for m in META_STEPS if m < TUNED_UP_TO]
         plans = [{m: [BASE.with_(meta_steps=TUNED_UP_TO).group] for m in trained}, {m: tuned for m in trained}]
-        points = [BASE]
-    else:
-        points = [at.with_(**{name: value}) for value in values]
-        plans = [{m: [p.group for p in points] for m in trained}]
-    if "scratch" in methods:
-        plans.append({"scratch": list(dict.fromkeys(scratch_point(p).group for p in points))})
-    return plans
+        return [*plans, *({m: [BASE.group]} for m in scratch)]
+    points = [at.with_(**{name: value}) for value in (every if values is None else values)]
+    return [{**{m: [point.group] for m in trained}, **{m: [scratch_point(point).group] for m in scratch}}
+            for point in points]
 
 
 def scratch_point(point: Point) -> Point:
@@ -279,6 +278,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--axis", choices=list(AXES), help="the axis to run")
+    parser.add_argument("--values", nargs="+", default=None, help="run only these points of the axis, e.g. 25 50")
     parser.add_argument("--at", default="base", help="the point the alphabets axis is taken at, e.g. inner_steps=25")
     parser.add_argument("--methods", nargs="+", choices=list(GRIDS), default=list(MAIN_METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -299,9 +299,10 @@ def main() -> None:
     sweep = Sweep(args.out, partial(run_cell, extra=extra), GRIDS, SCALING_METRICS, "point")
     at = Point.parse(args.at)
     if not args.report:
-        for plan in plan_of(args.axis, at, args.methods):
-            if plan:
-                sweep.run(plan, args.seeds, args.jobs)
+        name = AXES[args.axis][0]
+        values = None if args.values is None else [getattr(Point.parse(f"{name}={v}"), name) for v in args.values]
+        for plan in plan_of(args.axis, at, args.methods, values):
+            sweep.run(plan, args.seeds, args.jobs)
     rows = sweep.results.rows()
     for axis in [args.axis] if args.axis else list(AXES):
         print(f"\n## {axis}\n\n{axis_report(axis, rows, at, args.out)}")
