@@ -41,6 +41,7 @@ def test_points_name_what_differs_from_the_quick_size(scaling):
     assert plans == [{"leap": ["inner_steps=3 augment=True"], "scratch": ["inner_steps=3"]}]  # scratch: no augmentation
 
 
+@pytest.mark.slow  # lightning-meta runs (in this process)
 def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scaling, tmp_path, glyph_root):
     monkeypatch_grids = {"leap": grid(**{"Leap.meta_lr": [0.1, 0.3]}), "finetune": [], "scratch": []}
     extra = [f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_test=2"]
@@ -51,9 +52,10 @@ def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scali
     rows = sweep.results.rows()
     tuning = sorted((r["group"], r["setting"], r["meta_steps"]) for r in rows if r["stage"] == "tune")
     assert tuning == [(g, s, m) for g, m in (("base", "1"), ("meta_steps=2", "2"))
-                      for s in ("Leap.meta_lr=0.1", "Leap.meta_lr=0.3")]  # one run per setting, scored at 1 and 2
+                      for s in ("Leap.meta_lr=0.1", "Leap.meta_lr=0.3")]
     folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert [f for f in folders if f.startswith("tune-leap")] == [
+    assert [f for f in folders if f.startswith("tune-leap")] == [  # the quick size has its own runs
+        "tune-leap-base-0-Leap.meta_lr=0.1", "tune-leap-base-0-Leap.meta_lr=0.3",
         "tune-leap-meta_steps=2-0-Leap.meta_lr=0.1", "tune-leap-meta_steps=2-0-Leap.meta_lr=0.3"]
     tests = {(r["method"], r["group"]): r for r in rows if r["stage"] == "test"}
     assert sorted(tests) == [("finetune", "base"), ("finetune", "meta_steps=2"), ("finetune", "meta_steps=3"),
@@ -68,3 +70,16 @@ def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scali
     assert tests["scratch", "base"]["meta_steps"] == "0"
     report = scaling.axis_report("meta-steps", rows, scaling.BASE, tmp_path)
     assert "| leap | 3 | 1 | Leap.meta_lr=" in report and (tmp_path / "scaling_meta-steps.png").exists()
+
+
+@pytest.mark.slow
+def test_a_run_scored_on_its_way_matches_a_run_that_stops_there(scaling, tmp_path, glyph_root, monkeypatch):
+    """Tuning along one run is tuning at each point: theta_0 after 2 of 3 meta-steps scores as a run of 2."""
+    monkeypatch.setattr(scaling, "TUNED_UP_TO", 3)
+    extra = [f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_test=2"]
+    setting = (("Leap.meta_lr", 0.3),)
+    (short,) = scaling.run_cell(scaling.Cell("tune", "leap", "meta_steps=2", 0, setting), tmp_path / "short", extra)
+    long = scaling.Cell("tune", "leap", "meta_steps=3", 0, setting)
+    on_the_way, last = scaling.run_cell(long, tmp_path / "long", extra)
+    assert (on_the_way["group"], last["group"]) == ("meta_steps=2", "meta_steps=3")
+    assert on_the_way == short and last["train_error_auc"] != short["train_error_auc"]

@@ -113,12 +113,14 @@ AXES: dict[str, tuple[str, tuple[Any, ...]]] = {  # axis: (the Point field it va
 def scored_points(cell: Cell) -> list[Point]:
     """The points a cell's run is scored at, in order; it trains up to the last. A run is scored at its own point,
     except on the meta-steps axis: a tuning run to ``TUNED_UP_TO`` meta-steps is scored on the validation alphabets
-    at every tuned point on the way, and the test run chosen there goes on to the axis's end."""
+    at every tuned point on the way but the quick size (which has runs of its own, shared with the other axes), and
+    the test run chosen at ``TUNED_UP_TO`` goes on to the axis's end."""
     point = Point.parse(cell.group)
     if point.group != BASE.with_(meta_steps=TUNED_UP_TO).group:
         return [point]
-    beyond = [m for m in META_STEPS if (m <= TUNED_UP_TO if cell.stage == "tune" else m >= TUNED_UP_TO)]
-    return [point.with_(meta_steps=m) for m in beyond]
+    on_the_way = [m for m in META_STEPS if BASE.meta_steps < m <= TUNED_UP_TO]
+    beyond = [m for m in META_STEPS if m >= TUNED_UP_TO]
+    return [point.with_(meta_steps=m) for m in (on_the_way if cell.stage == "tune" else beyond)]
 
 
 def steps_per_meta_step(method: str, point: Point) -> int:
