@@ -261,10 +261,21 @@ def axis_report(axis: str, rows: list[Row], at: Point, out: Path) -> str:
         if name in ("meta_steps", "inner_steps", "alphabets"):
             panel.set_xscale("log")
         panel.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if methods:
+        axes[0].legend(fontsize=8)
     figure.suptitle(f"scaling along {axis} (test alphabets; bars: 95 % t-interval over seeds)", fontsize=10)
     figure.savefig(out / f"scaling_{axis}.png", dpi=110)
     plt.close(figure)
+    lines += ["", f"Leap minus Reptile, paired by seed (the same split of alphabets; below 0: Leap lower), {axis}:",
+              "", f"| {name} | seeds | training-error AUC | final training error (%) | path length |",
+              "|---:|---:|---:|---:|---:|"]
+    for point in points:
+        by_seed = {m: {r["seed"]: r for r in tests.get((m, point.group), [])} for m in ("leap", "reptile")}
+        seeds = sorted(set(by_seed["leap"]) & set(by_seed["reptile"]))
+        if seeds:
+            differences = [format_interval([float(by_seed["leap"][s][key]) - float(by_seed["reptile"][s][key])
+                                            for s in seeds], scale, digits) for _, key, scale, digits in COLUMNS[:3]]
+            lines.append(f"| {getattr(point, name)} | {len(seeds)} | {' | '.join(differences)} |")
     lines += ["", f"Tuning stage, {axis} (validation alphabets; mean ± 95 % t-interval over seeds):", "",
               f"| method | {name} | setting | validation training-error AUC |", "|---|---:|---|---:|"]
     for method in methods:
