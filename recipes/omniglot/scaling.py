@@ -14,7 +14,7 @@ The axes (``--axis``)::
                                       alphabets at 20, 50 and 100 on the way; the test run of the setting chosen at
                                       100 goes on to 200 (that point uses the rate tuned at 100), 20 and 50 have
                                       test runs of their own
-    inner-steps    10, 25, 50         inner steps of meta-training tasks and held-out alphabets alike
+    inner-steps    10, 25, 50, 100    inner steps of meta-training tasks and held-out alphabets alike
     width          32, 64             channels of the conv net
     augmentation   off, on            on: the authors' full-rotation RandomAffine on meta-training images
     alphabets      1, 5, 25           meta-training alphabets, at the point ``--at`` (default: the quick size)
@@ -103,7 +103,7 @@ META_STEPS = (20, 50, 100, 200)
 TUNED_UP_TO = 100  # the meta-steps axis tunes at 20, 50 and 100; beyond, the rate tuned at 100 is used
 AXES: dict[str, tuple[str, tuple[Any, ...]]] = {  # axis: (the Point field it varies, its values)
     "meta-steps": ("meta_steps", META_STEPS),
-    "inner-steps": ("inner_steps", (10, 25, 50)),
+    "inner-steps": ("inner_steps", (10, 25, 50, 100)),
     "width": ("channels", (32, 64)),
     "augmentation": ("augment", (False, True)),
     "alphabets": ("alphabets", (1, 5, 25)),
