@@ -10,22 +10,33 @@ import pytest
 from lightning_meta.sweep import Sweep, grid
 
 ROOT = Path(__file__).parents[1]
+SCRIPTS = ("sweep", "scaling", "path_parts")  # the recipe scripts these tests import as modules
+
+
+def load(path, name):
+    """A recipe script as a module (registered, so that scripts importing it get this one)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
 def scaling(monkeypatch):
     """The script as a module, shrunk: 1, 2, 3 meta-steps of 2 inner steps, an 8-channel net, 2 alphabets."""
     monkeypatch.syspath_prepend(str(ROOT / "recipes" / "omniglot"))
-    spec = importlib.util.spec_from_file_location("scaling", ROOT / "recipes" / "omniglot" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "scaling", module)
-    monkeypatch.delitem(sys.modules, "sweep", raising=False)  # recipes/omniglot/sweep.py, not another recipe's
-    spec.loader.exec_module(module)
+    saved = {name: sys.modules.pop(name, None) for name in SCRIPTS}  # recipes/omniglot's, not another recipe's
+    module = load(ROOT / "recipes" / "omniglot" / "scaling.py", "scaling")
     monkeypatch.setattr(module, "BASE", module.Point(meta_steps=1, inner_steps=2, channels=8, alphabets=2))
     monkeypatch.setattr(module, "META_STEPS", (1, 2, 3))
     monkeypatch.setattr(module, "TUNED_UP_TO", 2)
     monkeypatch.setitem(module.AXES, "meta-steps", ("meta_steps", (1, 2, 3)))
-    return module
+    yield module
+    for name, original in saved.items():
+        sys.modules.pop(name, None)
+        if original is not None:
+            sys.modules[name] = original
 
 
 def test_points_name_what_differs_from_the_quick_size(scaling):
@@ -68,6 +79,15 @@ def test_the_meta_steps_axis_tunes_along_one_run_and_tests_each_point_once(scali
     assert [tests["finetune", g]["meta_steps"] for g in ("base", "meta_steps=2", "meta_steps=3")] == ["1", "2", "3"]
     assert all(float(r["path_length"]) > 0 for r in rows)
     assert tests["scratch", "base"]["meta_steps"] == "0"
+    path_parts = load(ROOT / "recipes" / "omniglot" / "path_parts.py", "path_parts")
+    beyond = tests["leap", "meta_steps=3"]  # its run is the test run of the last tuned point, gone on
+    run = tmp_path / "runs" / f"test-leap-meta_steps=2-0-{beyond['setting']}"
+    curves = path_parts.saved_curves(run, 3)
+    assert float(curves.path_length.mean()) == pytest.approx(float(beyond["path_length"]), rel=1e-6)
+    scratch = tests["scratch", "base"]
+    rebuilt = path_parts.scratch_curves(scaling.Cell("test", "scratch", "base", 0), tmp_path / "again", extra)
+    assert float(rebuilt.path_length.mean()) == pytest.approx(float(scratch["path_length"]), rel=1e-6)
+    assert path_parts.parts(rebuilt)["first loss"] == pytest.approx(float(rebuilt.loss[:, 0].mean()))
     report = scaling.axis_report("meta-steps", rows, scaling.BASE, tmp_path)
     assert "| leap | 3 | 1 | Leap.meta_lr=" in report and (tmp_path / "scaling_meta-steps.png").exists()
 
