@@ -10,7 +10,7 @@ import pytest
 from lightning_meta.sweep import Sweep, grid
 
 ROOT = Path(__file__).parents[1]
-SCRIPTS = ("sweep", "scaling", "path_parts")  # the recipe scripts these tests import as modules
+SCRIPTS = ("sweep", "scaling", "path_parts", "scaling_costs")  # the recipe scripts these tests import as modules
 
 
 def load(path, name):
@@ -103,3 +103,28 @@ def test_a_run_scored_on_its_way_matches_a_run_that_stops_there(scaling, tmp_pat
     on_the_way, last = scaling.run_cell(long, tmp_path / "long", extra)
     assert (on_the_way["group"], last["group"]) == ("meta_steps=2", "meta_steps=3")
     assert on_the_way == short and last["train_error_auc"] != short["train_error_auc"]
+
+
+def test_costs_count_a_run_scored_at_several_points_once(scaling, monkeypatch):
+    """Seconds worked by hand: the tuning run to 3 meta-steps scores 2 and 3 (two rows, one run), the quick size's
+    runs lie on every axis, a run of another axis on none but its own."""
+    monkeypatch.setattr(scaling, "TUNED_UP_TO", 3)
+    costs = load(ROOT / "recipes" / "omniglot" / "scaling_costs.py", "scaling_costs")
+
+    def row(stage, group, seed, wall, cpu):
+        return {"stage": stage, "method": "leap", "group": group, "seed": str(seed), "setting": "Leap.meta_lr=0.1",
+                "wall_seconds": str(wall), "cpu_seconds": str(cpu)}
+
+    rows = [row("tune", "base", 0, 10, 5), row("tune", "base", 1, 20, 7), row("test", "base", 0, 30, 9),
+            row("tune", "meta_steps=2", 0, 50, 20), row("tune", "meta_steps=3", 0, 50, 20),
+            row("test", "meta_steps=2", 0, 15, 6), row("test", "meta_steps=3", 0, 25, 8),
+            row("tune", "inner_steps=25", 0, 1000, 1000)]
+    every_run = costs.runs(rows)
+    assert len(every_run) == 7
+    table = costs.axis_costs("meta-steps", every_run)
+    assert "| 1 | leap | 2 | 15 [10, 20] | 6 [5, 7] | 1 | 30 [30, 30] | 9 [9, 9] |" in table
+    assert "| 2 | leap | 0 | - | - | 1 | 15 [15, 15] | 6 [6, 6] |" in table
+    assert "| 3 | leap | 1 | 50 [50, 50] | 20 [20, 20] | 1 | 25 [25, 25] | 8 [8, 8] |" in table
+    assert table.endswith("meta-steps: 6 runs, 150 wall seconds, 55 CPU seconds in all (each run once, the quick size "
+                          "included).")
+    assert "inner-steps: 4 runs, 1,060 wall seconds, 1,021 CPU seconds" in costs.axis_costs("inner-steps", every_run)
