@@ -125,6 +125,7 @@ def test_costs_count_a_run_scored_at_several_points_once(scaling, monkeypatch):
     assert "| 1 | leap | 2 | 15 [10, 20] | 6 [5, 7] | 1 | 30 [30, 30] | 9 [9, 9] |" in table
     assert "| 2 | leap | 0 | - | - | 1 | 15 [15, 15] | 6 [6, 6] |" in table
     assert "| 3 | leap | 1 | 50 [50, 50] | 20 [20, 20] | 1 | 25 [25, 25] | 8 [8, 8] |" in table
-    assert table.endswith("meta-steps: 6 runs, 150 wall seconds, 55 CPU seconds in all (each run once, the quick size "
-                          "included).")
+    assert table.endswith("meta-steps: 6 runs, 150 wall seconds, 55 CPU seconds in all (each run once, base included).")
     assert "inner-steps: 4 runs, 1,060 wall seconds, 1,021 CPU seconds" in costs.axis_costs("inner-steps", every_run)
+    at_25 = costs.axis_costs("alphabets", every_run, scaling.Point.parse("inner_steps=25"))  # the axis elsewhere
+    assert "| 2 | leap | 1 | 1000 [1000, 1000] |" in at_25 and "alphabets: 1 runs," in at_25
