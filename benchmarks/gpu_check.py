@@ -90,7 +90,7 @@ def fit_command(name: str, seconds: int, args: argparse.Namespace) -> list[str]:
     return [
         sys.executable, "-u", "-m", "lightning_meta.cli", "fit", "--config", str(config), "--config", str(overlay),
         *sizes, f"--data.task_batch={meta_batch}",
-        f"--trainer.max_steps={meta_steps * inner_steps}",  # one step trains the whole meta-batch
+        f"--data.max_meta_steps={meta_steps}",
         f"--trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}",
         f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", "--trainer.devices=1",
         f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",

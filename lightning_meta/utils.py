@@ -1,10 +1,10 @@
-"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, and
-the folder of a run's files."""
+"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, range
+checks of numeric arguments, and the folder of a run's files."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,23 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
     return include
 
 
+def check_range(owner: str, low: float, strict: bool = False, **values: float | None) -> None:
+    """Raise ``ValueError("<owner>: <name> must be >= low, got <value>")`` (``> low`` when ``strict``) for the first of
+    ``values`` out of range; ``None`` (an optional argument left out) passes. The message names the argument, so that
+    ``lightning-meta`` reports the user's key for it (:mod:`lightning_meta.cli_errors`).
+
+    Examples:
+        >>> check_range("ConvClassifier", 0, strict=True, lr=0.1, pretrain_lr=None)
+        >>> check_range("ConvClassifier", 1, channels=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ConvClassifier: channels must be >= 1, got 0
+    """
+    for name, value in values.items():
+        if value is not None and not (value > low if strict else value >= low):
+            raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
+
+
 @contextmanager
 def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[None]:
     """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``, or send them
@@ -51,14 +68,21 @@ def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[No
             setattr(pl_module, name, method)
 
 
-META_COUNTERS = ("meta/task", "meta/step")
+FIRST_TASK = "meta/first_task"
+"""The first task of a batch of several, which :func:`log_meta_progress` logs beside the last."""
+
+META_COUNTERS = ("meta/task", "meta/step", FIRST_TASK)
 """The names :func:`log_meta_progress` logs the counters under."""
 
 
-def log_meta_progress(pl_module: L.LightningModule, task: int, meta_step: int) -> None:
+def log_meta_progress(pl_module: L.LightningModule, task: int | Sequence[int], meta_step: int) -> None:
     """Show the meta-learning counters in the progress bar and log them: ``meta/task``, the position in the task
-    stream of the task being trained, and ``meta/step``, the meta-steps done."""
-    counters = dict(zip(META_COUNTERS, (float(task), float(meta_step))))
+    stream of the task being trained (the last of ``task`` when a batch trains several), ``meta/step``, the
+    meta-steps done, and for several tasks ``meta/first_task``, the first of them."""
+    tasks = [task] if isinstance(task, int) else list(task)
+    counters = {META_COUNTERS[0]: float(tasks[-1]), META_COUNTERS[1]: float(meta_step)}
+    if len(tasks) > 1:
+        counters[FIRST_TASK] = float(tasks[0])
     pl_module.log_dict(counters, prog_bar=True, on_step=True, on_epoch=False)
 
 

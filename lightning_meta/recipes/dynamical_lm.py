@@ -53,7 +53,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.func import functional_call
 
-from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
@@ -75,7 +76,7 @@ SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold ev
 INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
 
 
-class DynamicalLanguageModel(L.LightningModule):
+class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
     """A :class:`~lightning_meta.recipes.byte_lstm.ByteLSTM` and a
     :class:`~lightning_meta.optim.CoordinatewiseLSTM` that updates its ``dynamic`` weights as it reads.
 
@@ -150,7 +151,13 @@ class DynamicalLanguageModel(L.LightningModule):
 
     def meta_steps_done(self, optimizer_steps: int) -> int:
         """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
-        return max(0, optimizer_steps - self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch)
+        return max(0, optimizer_steps - self.pretraining_steps)
+
+    @property
+    def pretraining_steps(self) -> int:
+        """Optimizer steps of pretraining, before meta-training begins (:class:`~lightning_meta.protocols.Pretrains`:
+        the progress bar labels them so)."""
+        return self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch
 
     def setup(self, stage: str) -> None:
         if self.trainer.world_size > 1:
@@ -160,6 +167,7 @@ class DynamicalLanguageModel(L.LightningModule):
             )
         if not isinstance(task_datamodule(self.trainer), DocumentDataModule):
             raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
+        use_meta_progress_bar(self.trainer, self, stage)  # in place of Lightning's default bar, one per epoch
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
@@ -228,7 +236,7 @@ class DynamicalLanguageModel(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
             self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
-        log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+        log_meta_progress(self, batch.tasks, self.meta_steps_done(self.global_step))
 
     def on_fit_end(self) -> None:
         folder = run_dir(self.trainer)  # on every process: a collective under DDP

@@ -161,13 +161,14 @@ class DocumentDataModule(StreamDataModule):
             if not self._train_tasks:
                 longest = max((len(byte_document(t)) for t in tasks), default=0)
                 raise ValueError(
-                    f"DocumentDataModule: no training document has the {self.crop_bytes} bytes of a crop "
-                    f"((inner_steps + 1) * segment; the longest has {longest}): lower inner_steps or segment"
+                    f"DocumentDataModule: inner_steps={self.inner_steps} and segment={self.segment} read "
+                    f"{self.crop_bytes} bytes of each training document ((inner_steps + 1) * segment), more than any "
+                    f"has (the longest: {longest}): lower inner_steps or segment"
                 )
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        self._check_distributed()
+        self._start_stream()
         assert self._train_tasks is not None and self.meta_batch_size is not None
         per_epoch = self.tasks_per_epoch or len(self._train_tasks)
         world_size, rank = self._processes()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
+import pickle
 import unicodedata
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font, LoadFlags
 from PIL import Image
 from torch import Tensor
+from tqdm import tqdm
 
+from lightning_meta.atomic_files import write_atomically
 from lightning_meta.tasks.alphabets import DRAWERS, AlphabetFamily
 
 VERSION = 2
@@ -121,30 +124,30 @@ class GlyphAlphabets(AlphabetFamily):
         return self.root / f"glyphs-v{VERSION}-seed{self.seed}.pt"
 
     def load_alphabets(self) -> dict[str, Tensor]:
+        """The cached set if the cache is current and readable, else a fresh build (written to the cache whole or
+        not at all: :func:`~lightning_meta.atomic_files.write_atomically`)."""
         stamp = _stamp(self.seed)
         if self.path.exists():
-            cached = torch.load(self.path, weights_only=True)
-            if cached.get("stamp") == stamp:
+            try:
+                cached = torch.load(self.path, weights_only=True)
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):  # damaged (e.g. by another program)
+                warnings.warn(f"the glyph cache {self.path} is damaged; building it again", stacklevel=2)
+                cached = {}
+            if isinstance(cached, dict) and cached.get("stamp") == stamp:
                 return cached["alphabets"]
-        alphabets = build_alphabets(self.seed)
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:  # a file object, so the bytes do not depend on the temporary name
-                torch.save({"stamp": stamp, "alphabets": alphabets}, file)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        alphabets = build_alphabets(self.seed, announce=f"Rendering the glyph alphabets once, into {self.path}")
+        write_atomically(self.path, lambda file: torch.save({"stamp": stamp, "alphabets": alphabets}, file))
         return alphabets
 
 
-def build_alphabets(seed: int) -> dict[str, Tensor]:
-    """Render every alphabet: name -> ``uint8 [characters, 20, 28, 28]``."""
+def build_alphabets(seed: int, announce: str | None = None) -> dict[str, Tensor]:
+    """Render every alphabet: name -> ``uint8 [characters, 20, 28, 28]``; with ``announce``, a progress bar of that
+    label counts the alphabets (on standard error: the first run renders for about half a minute)."""
     fonts = _fonts()
     generator = torch.Generator().manual_seed(seed)
     alphabets = {}
-    for name, codepoints in alphabet_characters(fonts):
+    characters = alphabet_characters(fonts)
+    for name, codepoints in tqdm(characters, announce, unit="alphabet", disable=announce is None, dynamic_ncols=True):
         canvases, strokes = [], []
         for codepoint in codepoints:
             covering = [font for font, charmap in fonts if codepoint in charmap]

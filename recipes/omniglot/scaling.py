@@ -123,18 +123,13 @@ def scored_points(cell: Cell) -> list[Point]:
     return [point.with_(meta_steps=m) for m in (on_the_way if cell.stage == "tune" else beyond)]
 
 
-def steps_per_meta_step(method: str, point: Point) -> int:
-    """Training steps of one meta-step: one for the episodic methods, a meta-batch of tasks otherwise."""
-    return 1 if method in EPISODIC else META_BATCH * point.inner_steps
-
-
 def point_arguments(method: str, point: Point) -> list[str]:
     """The run's sizes: ``point`` on top of the method's config."""
     arguments = [
         f"--model.init_args.channels={point.channels}", f"--data.inner_steps={point.inner_steps}",
         f"--data.meta_batch_size={META_BATCH}", f"--data.augment={str(point.augment).lower()}",
         f"--data.family.init_args.num_train={point.alphabets}",
-        f"--trainer.max_steps={point.meta_steps * steps_per_meta_step(method, point)}",
+        f"--data.max_meta_steps={point.meta_steps}",
     ]
     if method == "finetune":
         arguments.append(f"--model.init_args.num_heads={point.alphabets}")
@@ -171,7 +166,7 @@ def run_cell(cell: Cell, folder: Path, extra: list[str]) -> list[dict[str, objec
     cli = lightning_meta([*arguments, *point_arguments(cell.method, points[-1]), *extra], run=False)
     trainer = cli.trainer
     evaluation = next(c for c in trainer.callbacks if isinstance(c, MetaEvaluation))  # type: ignore[attr-defined]
-    at = EvaluateAt(evaluation, {p.meta_steps * steps_per_meta_step(cell.method, p): p for p in points})
+    at = EvaluateAt(evaluation, {cli.datamodule.optimizer_steps(p.meta_steps): p for p in points})
     trainer.callbacks.append(at)  # type: ignore[attr-defined]
     trainer.fit(cli.model, datamodule=cli.datamodule)
     if cell.method == "scratch":  # nothing trains: fit's end scored the random init
