@@ -11,7 +11,7 @@ from helpers import TinyClassifier, ToyFamily, flat
 from lightning_meta.callbacks.meta_evaluation import adapt
 from lightning_meta.engine import LeapRule
 from lightning_meta.metrics import TrainingPath, path_length
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 
 
 def test_path_length_worked_by_hand_for_a_batch_of_paths():
@@ -61,18 +61,18 @@ def test_held_out_training_measures_each_tasks_path_from_theta_0_to_theta_k():
         reference.load_state_dict(state)
         reference.train()
         optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
-        dataset = TaskStreamDataset([task])
+        dataset, collate = TaskStreamDataset(lambda _, task=task: task), TaskCollate()
         points, losses = [flat(reference.parameters())], []
-        for keys in TaskBatchSampler([len(task.train)], 8, steps, 1, seed=11 + index):
-            batch = collate_task_batch([dataset[key] for key in keys])
-            loss = F.cross_entropy(reference(batch.inputs), batch.targets)
+        for keys in TaskBatchSampler(lambda _, task=task: len(task.train), 1, 8, steps, 1, seed=11 + index):
+            x, y = collate([dataset[key] for key in keys])
+            loss = F.cross_entropy(reference(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             points.append(flat(reference.parameters()))
             losses.append(float(loss))
         with torch.no_grad():
-            losses.append(float(F.cross_entropy(reference(batch.inputs), batch.targets)))
+            losses.append(float(F.cross_entropy(reference(x), y)))
         expected = sum(math.sqrt(float((points[i + 1] - points[i]).pow(2).sum()) + (losses[i + 1] - losses[i]) ** 2)
                        for i in range(steps))
         assert float(curves.path_length[index]) == pytest.approx(expected, rel=1e-5)
