@@ -123,7 +123,7 @@ def task_batches(family: TaskFamily, tasks: int, args: argparse.Namespace) -> Ba
     """The batches of the first ``tasks`` tasks of the stream the Trainer runs see, collated in memory."""
     data = TaskDataModule(family, inner_steps=args.inner_steps, batch_size=args.batch_size,
                           tasks_per_epoch=tasks, seed=args.seed)
-    batches = [(b.inputs, b.targets) for b in data.train_dataloader()]
+    batches = [(x, y) for x, y in data.train_dataloader()]  # a glyph task's batch is [images, labels]
     k = args.inner_steps
     return [batches[t * k : (t + 1) * k] for t in range(tasks)]
 
@@ -167,11 +167,11 @@ def plain_loop(name: str, tasks: Batches, args: argparse.Namespace) -> list[floa
 
 def trainer_run(name: str, family: TaskFamily, steps: int, args: argparse.Namespace) -> list[float]:
     model = fresh_model(args)
-    data = TaskDataModule(family, inner_steps=args.inner_steps, batch_size=args.batch_size,
+    data = TaskDataModule(family, inner_steps=args.inner_steps, meta_batch_size=1, batch_size=args.batch_size,
                           tasks_per_epoch=steps // args.inner_steps + 2, seed=args.seed)
     cuda = args.device == "cuda"
     stamps = StepClock(cuda=cuda)
-    leap = [Leap(meta_batch_size=1, meta_lr=0.1)] if name == "lightning+leap" else []
+    leap = [Leap(meta_lr=0.1)] if name == "lightning+leap" else []
     callbacks: list[L.Callback] = [stamps, *leap]
     trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=steps, callbacks=callbacks,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
