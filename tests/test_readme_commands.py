@@ -78,6 +78,10 @@ NOT_RUN: dict[str, str] = {
         "both scripts with fewer cells at a tiny size (with --quick, in worker processes, killed and resumed); the "
         "README's vision sweep runs here whole at a tiny size"
     ),
+    r"recipes/omniglot/(scaling|path_parts|scaling_costs)\.py": (
+        "the scaling axes (hours of CPU), or their reports of a finished axis's CSV and checkpoints: "
+        "tests/test_scaling.py runs the meta-steps axis at a tiny size, its report, path_parts.py and scaling_costs.py"
+    ),
     r"^jupyter lab": "starts a notebook server (tests/test_notebooks.py runs every notebook in a kernel)",
     r"nbclient": "runs a notebook at its default size, minutes (tests/test_notebooks.py runs each at a tiny size)",
 }
