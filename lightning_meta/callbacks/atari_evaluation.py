@@ -40,6 +40,7 @@ from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_return_curves
 from lightning_meta.trainer.held_out import HeldOutTraining
 from lightning_meta.utils import run_dir
+from lightning_meta.validation import check_range
 
 # (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
 HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
@@ -133,9 +134,7 @@ class AtariEvaluation(L.Callback):
     ) -> None:
         if normalization not in ("human", "raw"):
             raise ValueError(f"normalization must be 'human' or 'raw', got {normalization!r}")
-        for name, value in {"env_steps": env_steps, "points": points, "window": window}.items():
-            if value < 1:
-                raise ValueError(f"AtariEvaluation: {name} must be >= 1, got {value}")
+        check_range("AtariEvaluation", 1, env_steps=env_steps, points=points, window=window)
         self.env_steps = env_steps
         self.seeds = list(seeds if seeds is not None else [0, 1, 2])
         self.points = points

@@ -39,7 +39,7 @@ from lightning_meta.data.schedule import TaskSchedule
 from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset, stream_task_index
 from lightning_meta.lightning_private import set_step_limit, uses_distributed_sampler
 from lightning_meta.protocols import StepsPerBatch, TrainsTasksApart, implements
-from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_positive
+from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_range
 
 
 def family_by_name(name: str, root: str | None, download: bool = True) -> TaskFamily:
@@ -120,8 +120,8 @@ class StreamDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_positive(name, inner_steps=inner_steps, meta_batch_size=meta_batch_size, task_batch=task_batch)
-        check_positive(name, minimum=0, max_meta_steps=max_meta_steps)
+        check_range(name, 1, inner_steps=inner_steps, meta_batch_size=meta_batch_size, task_batch=task_batch)
+        check_range(name, 0, max_meta_steps=max_meta_steps)
         if parallel is not None:
             check_choice(name, "parallel", parallel, PARALLEL)
         if task_batch is not None and not self.stacks_tasks:
@@ -270,7 +270,7 @@ class TaskDataModule(StreamDataModule):
     ) -> None:
         super().__init__(inner_steps, meta_batch_size, task_batch, parallel, max_meta_steps)
         tasks_per_epoch = tasks_per_epoch or self.default_tasks_per_epoch(meta_batch_size or task_batch)
-        check_positive("TaskDataModule", batch_size=batch_size, tasks_per_epoch=tasks_per_epoch)
+        check_range("TaskDataModule", 1, batch_size=batch_size, tasks_per_epoch=tasks_per_epoch)
         self.family = family_by_name(family, root, download) if isinstance(family, str) else family
         self.batch_size = batch_size
         self.tasks_per_epoch = tasks_per_epoch

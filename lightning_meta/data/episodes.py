@@ -36,6 +36,7 @@ from lightning_meta.data.datamodule import TaskDataModule
 from lightning_meta.data.family import Split, Task, dataset_length
 from lightning_meta.data.stream import TaskBatchSampler, TaskStreamDataset
 from lightning_meta.protocols import FixedInnerSteps, implements
+from lightning_meta.validation import check_range
 
 
 @dataclass
@@ -175,9 +176,7 @@ class EpisodeDataModule(TaskDataModule):
 
     def __init__(self, *args: Any, support_batches: int | None = None, query_size: int = 20, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name, value in {"support_batches": support_batches, "query_size": query_size}.items():
-            if value is not None and value < 1:
-                raise ValueError(f"EpisodeDataModule: {name} must be >= 1, got {value}")
+        check_range("EpisodeDataModule", 1, support_batches=support_batches, query_size=query_size)
         self.support_batches = support_batches
         self.query_size = query_size
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_positive
+from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_range
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class TaskSchedule:
     task_batch: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive("TaskSchedule", inner_steps=self.inner_steps, meta_batch_size=self.meta_batch_size)
-        check_positive("TaskSchedule", task_batch=self.task_batch)
+        check_range("TaskSchedule", 1, inner_steps=self.inner_steps, meta_batch_size=self.meta_batch_size)
+        check_range("TaskSchedule", 1, task_batch=self.task_batch)
         check_choice("TaskSchedule", "parallel", self.parallel, PARALLEL)
         if self.task_parallel and self.meta_batch_size % self.world_size:
             raise ValueError(

@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lightning_meta.data.family import SPLITS, IndexedFamily, Split, Task, dataset_length
-from lightning_meta.validation import check_positive
+from lightning_meta.validation import check_range
 
 
 class RelabeledSubset(Dataset):
@@ -97,8 +97,8 @@ class FewShotTasks(IndexedFamily):
         test_tasks: int = 100,
         seed: int = 0,
     ) -> None:
-        check_positive("FewShotTasks", ways=ways, shots=shots, queries=queries, train_tasks=train_tasks)
-        check_positive("FewShotTasks", minimum=0, val_tasks=val_tasks, test_tasks=test_tasks)
+        check_range("FewShotTasks", 1, ways=ways, shots=shots, queries=queries, train_tasks=train_tasks)
+        check_range("FewShotTasks", 0, val_tasks=val_tasks, test_tasks=test_tasks)
         self.dataset = dataset
         self.ways, self.shots, self.queries, self.seed = ways, shots, queries, seed
         self.counts: dict[str, int | None] = {"train": train_tasks, "val": val_tasks, "test": test_tasks}

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lightning_meta.data.family import SPLITS, IndexedFamily, Split, Task, TaskData, as_task
-from lightning_meta.validation import check_positive
+from lightning_meta.validation import check_range
 
 
 class SeededTasks(IndexedFamily):
@@ -58,8 +58,8 @@ class SeededTasks(IndexedFamily):
         seed: int = 0,
         name: str = "task",
     ) -> None:
-        check_positive("SeededTasks", train_tasks=train_tasks)
-        check_positive("SeededTasks", minimum=0, val_tasks=val_tasks, test_tasks=test_tasks)
+        check_range("SeededTasks", 1, train_tasks=train_tasks)
+        check_range("SeededTasks", 0, val_tasks=val_tasks, test_tasks=test_tasks)
         self.make = make
         self.counts: dict[str, int | None] = {"train": train_tasks, "val": val_tasks, "test": test_tasks}
         self.held_out = held_out

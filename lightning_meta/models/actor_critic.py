@@ -28,7 +28,7 @@ from torch.distributions import Categorical
 
 from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.families.rollouts import Rollout
-from lightning_meta.utils import check_range
+from lightning_meta.validation import check_range
 
 
 def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, discount: float) -> Tensor:

@@ -20,6 +20,8 @@ import re
 
 from torch import Tensor, nn
 
+from lightning_meta.validation import check_range
+
 
 class ByteLSTM(nn.Module):
     """Embedding, ``num_layers`` LSTM layers of ``hidden_size`` units, a linear decoder to 256 byte logits.
@@ -32,8 +34,7 @@ class ByteLSTM(nn.Module):
 
     def __init__(self, hidden_size: int = 128, num_layers: int = 2, tie_weights: bool = True) -> None:
         super().__init__()
-        if hidden_size < 1 or num_layers < 1:
-            raise ValueError(f"ByteLSTM: hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
+        check_range("ByteLSTM", 1, hidden_size=hidden_size, num_layers=num_layers)
         self.embedding = nn.Embedding(256, hidden_size)
         self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True)
         self.decoder = nn.Linear(hidden_size, 256)

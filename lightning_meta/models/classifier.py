@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.data.datamodule import TaskDataModule
 from lightning_meta.data.family import TaskInfo
-from lightning_meta.utils import check_range
+from lightning_meta.validation import check_range
 
 
 def conv_block(in_channels: int, channels: int) -> nn.Sequential:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lightning_meta.data.datamodule import TaskDataModule
 from lightning_meta.data.family import SPLITS, Task, TaskInfo
 from lightning_meta.models.classifier import ConvClassifier
-from lightning_meta.utils import check_range
+from lightning_meta.validation import check_range
 
 
 class DatasetClassifier(ConvClassifier):

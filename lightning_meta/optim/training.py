@@ -37,6 +37,7 @@ from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import UnrollState, unroll
 from lightning_meta.utils import log_meta_progress
+from lightning_meta.validation import check_range
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": F.cross_entropy,
@@ -73,8 +74,7 @@ class LearnedOptimizerTraining(L.LightningModule):
         meta_lr: float = 1e-3,
     ) -> None:
         super().__init__()
-        if unroll_steps < 1 or (truncation is not None and truncation < 1):
-            raise ValueError(f"unroll_steps and truncation must be >= 1, got {unroll_steps} and {truncation}")
+        check_range(type(self).__name__, 1, unroll_steps=unroll_steps, truncation=truncation)
         if isinstance(loss, str) and loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
         self.save_hyperparameters(ignore=["optimizee", "net", "loss"])
