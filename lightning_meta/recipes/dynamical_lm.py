@@ -71,8 +71,30 @@ from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.document_data import DocumentBatch, DocumentDataModule
 from lightning_meta.utils import log_meta_progress, run_dir
 
+Truncation = int | list[int]
+"""Segments per truncation window: one length for all, or the lengths in order (the last one repeats)."""
+
 SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
 INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
+
+
+def window_bounds(steps: int, truncation: Truncation) -> list[tuple[int, int]]:
+    """Updates ``0 ... steps - 1`` cut into truncation windows ``(start, stop)``: all of ``truncation`` updates, or
+    of the lengths ``truncation`` lists in order, the last one repeated (e.g. growing windows ``[4, 8, 16, 32]``).
+
+    Examples:
+        >>> window_bounds(10, 4)
+        [(0, 4), (4, 8), (8, 10)]
+        >>> window_bounds(40, [2, 4, 8, 16])
+        [(0, 2), (2, 6), (6, 14), (14, 30), (30, 40)]
+    """
+    lengths = [truncation] if isinstance(truncation, int) else list(truncation)
+    bounds, start = [], 0
+    while start < steps:
+        stop = min(start + lengths[min(len(bounds), len(lengths) - 1)], steps)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 class DynamicalLanguageModel(L.LightningModule):
@@ -89,7 +111,8 @@ class DynamicalLanguageModel(L.LightningModule):
         net: the learned optimizer (default: ``CoordinatewiseLSTM()``, the paper's 2 x 20 LSTM); one network for
             every coordinate, each coordinate with its own state.
         pretrain_batches: batches of static language-model training before meta-training starts.
-        truncation: segments between two optimizer steps (truncated back-propagation).
+        truncation: segments between two optimizer steps (truncated back-propagation): one number, or the window
+            lengths in order, the last repeated (:func:`window_bounds`; e.g. growing windows ``[4, 8, 16, 32]``).
         first_order: feed the learned optimizer detached gradients (no second derivatives).
         checkpoint_segments: checkpointed stretches per truncation window (0: none), to fit long windows.
         learn_init: meta-train the initial weights jointly with the optimizer.
@@ -97,6 +120,8 @@ class DynamicalLanguageModel(L.LightningModule):
         meta_lr: Adam learning rate of the learned optimizer.
         gradient_clip: clip the gradient norm of each optimizer step to this (``None``: no clipping).
         sgd_lrs: learning rates tried for SGD dynamic evaluation on the validation documents.
+        tune_anchor: an updater anchored on SGD (:class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
+            meta-training as SGD at the learning rate among ``sgd_lrs`` that reads the validation documents best.
         evaluate: read the held-out documents at the end of fit (table, figure, logged metrics).
     """
 
@@ -108,7 +133,7 @@ class DynamicalLanguageModel(L.LightningModule):
         dynamic: str = "decoder",
         net: CoordinatewiseLSTM | None = None,
         pretrain_batches: int = 0,
-        truncation: int = 4,
+        truncation: Truncation = 4,
         first_order: bool = False,
         checkpoint_segments: int = 0,
         learn_init: bool = True,
@@ -116,10 +141,12 @@ class DynamicalLanguageModel(L.LightningModule):
         meta_lr: float = 1e-3,
         gradient_clip: float | None = 1.0,
         sgd_lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0),
+        tune_anchor: bool = True,
         evaluate: bool = True,
     ) -> None:
         super().__init__()
-        if truncation < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
+        windows = [truncation] if isinstance(truncation, int) else list(truncation)
+        if not windows or min(windows) < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
             raise ValueError(
                 "DynamicalLanguageModel: truncation must be >= 1, pretrain_batches and checkpoint_segments >= 0; got "
                 f"{truncation}, {pretrain_batches} and {checkpoint_segments}"
@@ -138,6 +165,7 @@ class DynamicalLanguageModel(L.LightningModule):
         self.net = net or CoordinatewiseLSTM()
         self.automatic_optimization = False
         self.figure: Path | None = None  # the figure of the held-out reading, once written
+        self.anchor_scores: dict[str, Any] = {}  # the anchor's tuning on validation, once done
         self._results: list[dict[str, Any]] = []
 
     @property
@@ -146,7 +174,7 @@ class DynamicalLanguageModel(L.LightningModule):
         data = task_datamodule(self.trainer)
         if data is None:
             raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
-        return -(-data.inner_steps // self.hparams["truncation"])
+        return len(window_bounds(data.inner_steps, self.hparams["truncation"]))
 
     def meta_steps_done(self, optimizer_steps: int) -> int:
         """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
@@ -190,45 +218,59 @@ class DynamicalLanguageModel(L.LightningModule):
     def training_step(self, batch: DocumentBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list), "configure_optimizers returns one optimizer"
-        windows = self.optimizer_steps_per_batch
-        batches_done = self.global_step // windows
+        batches_done = self.global_step // self.optimizer_steps_per_batch
         meta = batches_done >= self.hparams["pretrain_batches"]
         if batches_done == self.hparams["pretrain_batches"]:
             self.pretrained.load_state_dict(self.lm.state_dict())
+            self._tune_anchor()
         learn_init = self.hparams["learn_init"] or not meta
         dynamic = select_parameters(self.lm, self.hparams["dynamic"]) if meta else {}
         fixed = {n: p if learn_init else p.detach() for n, p in self.lm.named_parameters() if n not in dynamic}
         init = {n: p if learn_init else p.detach().requires_grad_() for n, p in dynamic.items()}
         carry = self.lm.initial_state(1, like=self.lm.decoder.bias)
         states = [UnrollState.start(self.lm, self.net, init, carry) for _ in range(len(batch))]
-        steps, window = batch.inputs.shape[1] - 1, self.hparams["truncation"]
-        for start in range(0, steps, window):
-            stop = min(start + window, steps)
-            total = torch.zeros((), device=self.device)
-            with self._without_cudnn_if_second_order():
-                for d, state in enumerate(states):
-                    read = partial(self._segment_loss, batch.inputs[d], batch.targets[d])
-                    states[d], loss = unroll_steps(
-                        self.net,
-                        read,
-                        state,
-                        start,
-                        stop,
-                        first_order=self.hparams["first_order"],
-                        segments=self.hparams["checkpoint_segments"],
-                        score_start=start == 0,
-                        fixed=fixed,
-                    )
-                    total = total + loss / len(batch)
-                optimizer.zero_grad()
-                self.manual_backward(total)
+        for start, stop in window_bounds(batch.inputs.shape[1] - 1, self.hparams["truncation"]):
+            reading = [d for d in range(len(batch)) if start < batch.segments[d] - 1]  # documents not yet ended
+            optimizer.zero_grad()  # to None: a window past the end of every document moves nothing
+            if reading:
+                total = torch.zeros((), device=self.device)
+                with self._without_cudnn_if_second_order():
+                    for d in reading:
+                        read = partial(self._segment_loss, batch.inputs[d], batch.targets[d])
+                        states[d], loss = unroll_steps(
+                            self.net,
+                            read,
+                            states[d],
+                            start,
+                            min(stop, batch.segments[d] - 1),
+                            first_order=self.hparams["first_order"],
+                            segments=self.hparams["checkpoint_segments"],
+                            score_start=start == 0,
+                            fixed=fixed,
+                        )
+                        total = total + loss / len(reading)
+                    self.manual_backward(total)
+                self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
             if self.hparams["gradient_clip"] is not None:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(parameters, self.hparams["gradient_clip"])
             optimizer.step()
             states = [state.detached() for state in states]
-            self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
         log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+
+    def _tune_anchor(self) -> None:
+        """An updater anchored on SGD (``set_lr``, e.g. :class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
+        meta-training at SGD's learning rate chosen on the validation documents (``tune_anchor``)."""
+        set_lr = getattr(self.net, "set_lr", None)
+        if not self.hparams["tune_anchor"] or set_lr is None:
+            return
+        data = task_datamodule(self.trainer)
+        assert isinstance(data, DocumentDataModule), "checked in setup"
+        val = [(name, x.to(self.device), y.to(self.device)) for name, x, y in data.held_out("val")]
+        lr, scores = choose_sgd_lr(self.lm, val, data.segment, self.hparams["dynamic"], self.hparams["sgd_lrs"])
+        set_lr(lr)
+        self.anchor_scores = {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}
+        rank_zero_info(f"DynamicalLanguageModel: the updater starts as SGD at lr {lr} (validation: {scores})")
 
     def on_fit_end(self) -> None:
         folder = run_dir(self.trainer)  # on every process: a collective under DDP
