@@ -392,13 +392,23 @@ def test_the_quick_recipe_runs_end_to_end_through_the_cli(tmp_path):
     with (log_dir / "dynamical_lm.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["init"], r["updater"]) for r in rows] == [
-        ("before_meta", "static"), ("before_meta", "sgd"), ("meta_init", "static"), ("meta_init", "sgd"),
-        ("meta_init", "learned"),
+        (init, updater) for init in ("before_meta", "meta_init") for updater in ("static", "sgd", "learned")
     ]
     assert all(0 < float(r["bits_per_byte"]) < 12 and int(r["bytes"]) == 5 * 48 for r in rows)
     table = json.loads((log_dir / "dynamical_lm.json").read_text())
     assert table["documents_at_position"] == [5] * 6
-    assert (log_dir / "dynamical_lm.png").stat().st_size > 0
+    for row in rows:  # the interval over the 5 documents, recomputed from the table's per-document values
+        documents = table["document_bits_per_byte"][f"{row['init']}/{row['updater']}"]
+        sgd_read = table["document_bits_per_byte"][f"{row['init']}/sgd"]
+        for values, column in ((documents, "document"), ([a - b for a, b in zip(documents, sgd_read)], "minus_sgd")):
+            mean = sum(values) / 5
+            half = 2.776445105 * math.sqrt(sum((v - mean) ** 2 for v in values) / 4) / math.sqrt(5)  # t(0.975, 4)
+            assert math.isclose(float(row[f"{column}_mean"]), mean, rel_tol=1e-6, abs_tol=1e-9)
+            assert math.isclose(float(row[f"{column}_ci95"]), half, rel_tol=1e-6, abs_tol=1e-9)
+    for name in ("dynamical_lm.png", "dynamical_lm_saved_bits.png", "dynamical_lm_saved_bits.html"):
+        assert (log_dir / name).stat().st_size > 0
+    page = (log_dir / "dynamical_lm_saved_bits.html").read_text()
+    assert page.count("<span") == 48  # every byte of the longest (all 48 bytes long) test document
     with (log_dir / "metrics.csv").open() as f:
         logged = list(csv.DictReader(f))
     assert any(r.get("test/meta_init/learned/bits_per_byte") for r in logged)

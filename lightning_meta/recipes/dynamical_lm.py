@@ -57,25 +57,27 @@ from lightning_meta.callbacks.progress import held_out_progress
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
-from lightning_meta.plotting import log_image, plot_position_curves
+from lightning_meta.plotting import log_image
 from lightning_meta.recipes.byte_lstm import ByteLSTM, select_parameters
 from lightning_meta.recipes.dynamic_evaluation import (
     OptimizerFactory,
-    bits_per_byte,
     choose_sgd_lr,
+    document_bits_per_byte,
     position_curve,
+    read_document,
     read_documents,
     sgd,
 )
+from lightning_meta.recipes.reading_report import plot_reading, position_curves, table_rows
 from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.tasks.document_data import DocumentBatch, DocumentDataModule
+from lightning_meta.text_heatmap import plot_text_heatmap, write_text_heatmap_html
 from lightning_meta.utils import log_meta_progress, run_dir
 
 Truncation = int | list[int]
 """Segments per truncation window: one length for all, or the lengths in order (the last one repeats)."""
 
 SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
-INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
 
 
 def window_bounds(steps: int, truncation: Truncation) -> list[tuple[int, int]]:
@@ -89,7 +91,8 @@ def window_bounds(steps: int, truncation: Truncation) -> list[tuple[int, int]]:
         [(0, 2), (2, 6), (6, 14), (14, 30), (30, 40)]
     """
     lengths = [truncation] if isinstance(truncation, int) else list(truncation)
-    bounds, start = [], 0
+    bounds: list[tuple[int, int]] = []
+    start = 0
     while start < steps:
         stop = min(start + lengths[min(len(bounds), len(lengths) - 1)], steps)
         bounds.append((start, stop))
@@ -163,6 +166,7 @@ class DynamicalLanguageModel(L.LightningModule):
             raise ValueError(f"DynamicalLanguageModel: dynamic={dynamic!r} matches none of the parameters {names}")
         self.pretrained = copy.deepcopy(self.lm).requires_grad_(False)  # the LM when meta-training began
         self.net = net or CoordinatewiseLSTM()
+        self.initial_net = copy.deepcopy(self.net).requires_grad_(False)  # the updater when meta-training began
         self.automatic_optimization = False
         self.figure: Path | None = None  # the figure of the held-out reading, once written
         self.anchor_scores: dict[str, Any] = {}  # the anchor's tuning on validation, once done
@@ -223,6 +227,7 @@ class DynamicalLanguageModel(L.LightningModule):
         if batches_done == self.hparams["pretrain_batches"]:
             self.pretrained.load_state_dict(self.lm.state_dict())
             self._tune_anchor()
+            self.initial_net.load_state_dict(self.net.state_dict())
         learn_init = self.hparams["learn_init"] or not meta
         dynamic = select_parameters(self.lm, self.hparams["dynamic"]) if meta else {}
         fixed = {n: p if learn_init else p.detach() for n, p in self.lm.named_parameters() if n not in dynamic}
@@ -279,96 +284,96 @@ class DynamicalLanguageModel(L.LightningModule):
 
     @torch.inference_mode(False)
     def evaluate_held_out(self, path: Path) -> list[dict[str, Any]]:
-        """Read the test documents with every updater (SGD's learning rate chosen on the validation documents);
-        write ``path`` (figure) and the table beside it (``.csv``: one row per updater, bits per byte over the whole
-        documents and over the segments a training crop has, ``inner_steps + 1``; ``.json``: also the validation
-        scores and the curves); log the bits per byte and the figure; return the rows."""
+        """Read the test documents with every updater, from the LM and updater as they were when meta-training began
+        and from the meta-trained ones (SGD's learning rate chosen on the validation documents for each LM); write
+        ``path`` (figure of bits per byte against the position in the document), the table beside it (``.csv``: one
+        row per init and updater, bits per byte over the whole documents and over a training crop's ``inner_steps +
+        1`` segments, the documents' mean and 95 % interval, the paired difference to SGD; ``.json``: also the
+        validation scores, every document's bits per byte and the curves) and the longest test document coloured by
+        the bits the meta-trained updater saved against static reading (``_saved_bits.html``, ``.png``); log the bits
+        per byte and the figures; return the rows."""
         data = task_datamodule(self.trainer)
         assert isinstance(data, DocumentDataModule), "checked in setup"
         if self.global_step // self.optimizer_steps_per_batch <= self.hparams["pretrain_batches"]:
             self.pretrained.load_state_dict(self.lm.state_dict())  # meta-training never began
+            self.initial_net.load_state_dict(self.net.state_dict())
         device = self.trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
         held_out = {
             split: [(name, x.to(device), y.to(device)) for name, x, y in data.held_out(split)]
             for split in ("val", "test")
         }
         pattern, segment = self.hparams["dynamic"], data.segment
-        net = copy.deepcopy(self.net).to(device)
-        rows, curves, documents = [], {}, torch.zeros(0)
+        reads, extras = {}, {}
         lrs, val, test = self.hparams["sgd_lrs"], held_out["val"], held_out["test"]
         label = f"Reading the held-out documents ({len(val)} validation, {len(test)} test)"
-        reads = 2 * len(lrs) * len(val) + 5 * len(test)  # SGD rates on validation, 2 + 3 updaters on test
-        with held_out_progress(self.trainer, label, reads) as advance:
-            for key, model in (("before_meta", self.pretrained), ("meta_init", self.lm)):
+        reads_to_do = 2 * len(lrs) * len(val) + 6 * len(test) + 2  # SGD rates on validation, 2 x 3 updaters on test
+        with held_out_progress(self.trainer, label, reads_to_do) as advance:
+            starts = (("before_meta", self.pretrained, self.initial_net), ("meta_init", self.lm, self.net))
+            for key, model, net in starts:
                 model = copy.deepcopy(model).to(device)
                 lr, scores = choose_sgd_lr(model, val, segment, pattern, lrs, advance)
-                updaters: dict[str, tuple[OptimizerFactory | None, dict[str, Any]]] = {
-                    "static": (None, {}),
-                    "sgd": (sgd(lr), {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}),
+                updaters: dict[str, OptimizerFactory | None] = {
+                    "static": None,
+                    "sgd": sgd(lr),
+                    "learned": partial(LearnedOptimizer, net=copy.deepcopy(net).to(device)),
                 }
-                if key == "meta_init":
-                    updaters["learned"] = (partial(LearnedOptimizer, net=net), {})
-                for updater, (factory, extra) in updaters.items():
-                    bits, sizes = read_documents(model, test, segment, pattern, factory, advance)
-                    curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
-                    horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
-                    row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
-                    row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
-                    rows.append({**row, "bytes": int(sizes.sum()), "documents": len(test), **extra})
-        self._report(rows, curves, documents, segment, data.inner_steps + 1, path)
+                for updater, factory in updaters.items():
+                    reads[f"{key}/{updater}"] = read_documents(model, test, segment, pattern, factory, advance)
+                extras[f"{key}/sgd"] = {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}
+            name, inputs, targets = max(test, key=lambda document: len(document[2]))
+            saved = [read_document(model, inputs, targets, segment, pattern, updaters[u], per_byte=True) for u in
+                     ("static", "learned")]
+            advance()
+            advance()
+        rows = [{**row, **extras.get(f"{row['init']}/{row['updater']}", {})}
+                for row in table_rows(reads, data.inner_steps + 1)]
+        self._report(rows, reads, segment, data.inner_steps + 1, path)
+        self._saved_bits_figures(name, bytes(targets.tolist()), saved[0] - saved[1], path)
         self._results = rows
         return rows
 
     def results(self) -> list[dict[str, str | int | float]]:
         """The rows of the held-out reading's table (see :meth:`evaluate_held_out`) for the run's summary: bits per
-        byte of each init and updater, overall and over the trained horizon (empty before the reading)."""
-        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "documents")
+        byte of each init and updater, overall and over the trained horizon, and the documents' mean with its 95 %
+        interval (empty before the reading)."""
+        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "document_mean",
+                   "document_ci95", "documents")
         return [{c: row[c] for c in columns if c in row} for row in self._results]
 
     def _report(
-        self,
-        rows: list[dict[str, Any]],
-        curves: dict[str, Tensor],
-        documents: Tensor,
-        segment: int,
-        trained_segments: int,
+        self, rows: list[dict[str, Any]], reads: dict[str, tuple[Tensor, Tensor]], segment: int, horizon: int,
         path: Path,
     ) -> None:
         settings = {"dynamic": self.hparams["dynamic"], "segment": segment, "global_step": self.global_step}
-        table = {**settings, "rows": rows, "documents_at_position": documents.tolist()}
-        table["bits_per_byte_at_position"] = {name: curve.tolist() for name, curve in curves.items()}
+        documents = next(iter(reads.values()))[1]
+        window = min(SMOOTHING, documents.shape[1])
+        curves = position_curves(reads, window)
+        table = {**settings, "rows": rows, "anchor": self.anchor_scores, "smoothing_segments": window}
+        table["documents_at_position"] = (documents > 0).sum(0).tolist()
+        table["bits_per_byte_at_position"] = {name: position_curve(*read)[0].tolist() for name, read in reads.items()}
+        table["document_bits_per_byte"] = {name: document_bits_per_byte(*read).tolist() for name, read in reads.items()}
+        table["windowed_curves"] = {name: {k: v.tolist() for k, v in c.items()} for name, c in curves.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".json").write_text(json.dumps(table, indent=1))
         with path.with_suffix(".csv").open("w", newline="") as f:
-            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "bytes"]
-            columns.append("documents")
+            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "document_mean",
+                       "document_ci95", "minus_sgd_mean", "minus_sgd_ci95", "bytes", "documents"]
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         metrics = {f"test/{r['init']}/{r['updater']}/bits_per_byte": r["bits_per_byte"] for r in rows}
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-        shown = documents >= min(2, int(documents.max()))  # positions that at least two documents reach
-        window = min(SMOOTHING, int(shown.sum()))
-
-        def smooth(curve: Tensor) -> Tensor:  # running mean over `window` segments
-            return F.avg_pool1d(curve[shown][None, None], window, stride=1)[0, 0]
-
-        labels = {f"{k}/{u}": f"{INITS[k]}, {u}" for k in INITS for u in ("static", "sgd", "learned")}
-        absolute = {labels[name]: smooth(curve) for name, curve in curves.items()}
-        gains = {
-            labels[name]: smooth(curve - curves[name.split("/")[0] + "/static"])
-            for name, curve in curves.items()
-            if not name.endswith("static")
-        }
-        ends = (torch.arange(len(documents)) + 1.0)[shown] * segment  # the byte each segment ends at
-        positions = F.avg_pool1d(ends[None, None], window, stride=1)[0, 0]
-        panels = {"bits per byte (test documents)": absolute, "bits per byte minus static, same init": gains}
-        title = (
-            f"Reading the {rows[0]['documents']} test documents: running mean over {window} segments of {segment} "
-            "bytes, positions that at least two documents reach"
-        )
-        horizon = ("trained horizon", trained_segments * segment)
-        self.figure = plot_position_curves(panels, positions, path, title, mark=horizon)
+        self.figure = plot_reading(curves, segment, window, horizon * segment, path)
         log_image(self.trainer.loggers, "test/bits_per_byte_by_position", path, self.global_step)
         rank_zero_info(f"DynamicalLanguageModel: table {path.with_suffix('.csv')}, figure {path}")
+
+    def _saved_bits_figures(self, name: str, text: bytes, saved: Tensor, path: Path) -> None:
+        """The document coloured by the bits the meta-trained updater saved against static reading, byte by byte:
+        the whole document as HTML, its start as a PNG (also sent to the loggers that take images)."""
+        stem = path.with_name(path.stem + "_saved_bits")
+        title = (f"{name}: bits the meta-trained updater saved (blue) or lost (red) against static reading, "
+                 f"{float(saved.sum()):+.0f} bits over {len(text)} bytes")
+        write_text_heatmap_html(text, saved, stem.with_suffix(".html"), title)
+        plot_text_heatmap(text, saved, stem.with_suffix(".png"), title + " (its start)")
+        log_image(self.trainer.loggers, "test/saved_bits_by_byte", stem.with_suffix(".png"), self.global_step)
