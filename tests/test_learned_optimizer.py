@@ -39,7 +39,7 @@ def setup(seed: int = 0, steps: int = 4, use_loss: bool = False):
     return model, net, inputs, targets
 
 
-def reference_meta_gradient(net, model, inputs, targets, steps, first_order):
+def reference_meta_gradient(net, model, inputs, targets, steps, first_order, score=lambda loss: loss):
     """The unroll written out: explicit weight and bias tensors, the LSTM called directly, autograd.grad per step."""
     w = model.weight.detach().clone().requires_grad_()
     b = model.bias.detach().clone().requires_grad_()
@@ -48,14 +48,14 @@ def reference_meta_gradient(net, model, inputs, targets, steps, first_order):
     for t in range(steps):
         loss = mse(inputs[t] @ w.T + b, targets[t])
         if t > 0:
-            losses.append(loss)
+            losses.append(score(loss))
         gw, gb = torch.autograd.grad(loss, (w, b), create_graph=not first_order, retain_graph=True)
         if first_order:
             gw, gb = gw.detach(), gb.detach()
         uw, sw = net(gw, sw, loss=loss, parameter=w)
         ub, sb = net(gb, sb, loss=loss, parameter=b)
         w, b = w + uw, b + ub
-    losses.append(mse(inputs[steps] @ w.T + b, targets[steps]))
+    losses.append(score(mse(inputs[steps] @ w.T + b, targets[steps])))
     return torch.autograd.grad(torch.stack(losses).mean(), list(net.parameters()))
 
 
@@ -68,6 +68,17 @@ def test_meta_gradient_of_a_3_step_unroll_matches_a_plain_loop(first_order):
     meta_loss.backward()
     for p, e in zip(net.parameters(), expected):
         torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+
+
+def test_a_log_loss_meta_objective_is_the_mean_log_loss_along_the_unroll():
+    model, net, inputs, targets = setup(steps=3)
+    expected = reference_meta_gradient(net, model, inputs, targets, 3, False, score=torch.log)
+    _, meta_loss = unroll(net, model, mse, UnrollState.start(model, net), inputs, targets, 0, 3, score=torch.log)
+    meta_loss.backward()
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="objective must be"):
+        LearnedOptimizerTraining(QuadraticOptimizee(2), objective="hinge")
 
 
 @pytest.mark.parametrize("first_order", [False, True])
