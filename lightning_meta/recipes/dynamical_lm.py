@@ -277,6 +277,12 @@ class DynamicalLanguageModel(L.LightningModule):
         self.anchor_scores = {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}
         rank_zero_info(f"DynamicalLanguageModel: the updater starts as SGD at lr {lr} (validation: {scores})")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["anchor_scores"] = self.anchor_scores  # the anchor's tuning, for the report of a resumed run
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.anchor_scores = checkpoint.get("anchor_scores", {})
+
     def on_fit_end(self) -> None:
         folder = run_dir(self.trainer)  # on every process: a collective under DDP
         if self.hparams["evaluate"] and self.trainer.is_global_zero:
