@@ -116,6 +116,10 @@ class DynamicalLanguageModel(L.LightningModule):
         pretrain_batches: batches of static language-model training before meta-training starts.
         truncation: segments between two optimizer steps (truncated back-propagation): one number, or the window
             lengths in order, the last repeated (:func:`window_bounds`; e.g. growing windows ``[4, 8, 16, 32]``).
+        pretrain_truncation: segments per window while the LM pretrains (``None``: ``truncation``). The LM then
+            reads the crop's first ``windows x pretrain_truncation`` segments, ``windows`` being the number of
+            meta-training windows per crop: short windows and many optimizer steps for the LM, long crops (whole
+            documents) for the updater, the same number of optimizer steps in every batch.
         first_order: feed the learned optimizer detached gradients (no second derivatives).
         checkpoint_segments: checkpointed stretches per truncation window (0: none), to fit long windows.
         learn_init: meta-train the initial weights jointly with the optimizer.
@@ -137,6 +141,7 @@ class DynamicalLanguageModel(L.LightningModule):
         net: CoordinatewiseLSTM | None = None,
         pretrain_batches: int = 0,
         truncation: Truncation = 4,
+        pretrain_truncation: int | None = None,
         first_order: bool = False,
         checkpoint_segments: int = 0,
         learn_init: bool = True,
@@ -149,10 +154,12 @@ class DynamicalLanguageModel(L.LightningModule):
     ) -> None:
         super().__init__()
         windows = [truncation] if isinstance(truncation, int) else list(truncation)
+        windows += [] if pretrain_truncation is None else [pretrain_truncation]
         if not windows or min(windows) < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
             raise ValueError(
-                "DynamicalLanguageModel: truncation must be >= 1, pretrain_batches and checkpoint_segments >= 0; got "
-                f"{truncation}, {pretrain_batches} and {checkpoint_segments}"
+                "DynamicalLanguageModel: truncation (every window) and pretrain_truncation must be >= 1, "
+                "pretrain_batches and checkpoint_segments >= 0; got "
+                f"{truncation}, {pretrain_truncation}, {pretrain_batches} and {checkpoint_segments}"
             )
         if not sgd_lrs or min(lr, meta_lr, *sgd_lrs) <= 0 or (gradient_clip is not None and gradient_clip <= 0):
             raise ValueError(
@@ -234,7 +241,7 @@ class DynamicalLanguageModel(L.LightningModule):
         init = {n: p if learn_init else p.detach().requires_grad_() for n, p in dynamic.items()}
         carry = self.lm.initial_state(1, like=self.lm.decoder.bias)
         states = [UnrollState.start(self.lm, self.net, init, carry) for _ in range(len(batch))]
-        for start, stop in window_bounds(batch.inputs.shape[1] - 1, self.hparams["truncation"]):
+        for start, stop in self._windows(batch.inputs.shape[1] - 1, meta):
             reading = [d for d in range(len(batch)) if start < batch.segments[d] - 1]  # documents not yet ended
             optimizer.zero_grad()  # to None: a window past the end of every document moves nothing
             if reading:
@@ -262,6 +269,17 @@ class DynamicalLanguageModel(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
         log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+
+    def _windows(self, steps: int, meta: bool) -> list[tuple[int, int]]:
+        """The truncation windows of a batch's crop: of ``truncation`` segments while meta-training; while the LM
+        pretrains, as many windows of ``pretrain_truncation`` from the crop's start (the rest of a long crop is not
+        read), so that every batch takes the same number of optimizer steps."""
+        windows = window_bounds(steps, self.hparams["truncation"])
+        short = self.hparams["pretrain_truncation"]
+        if meta or short is None:
+            return windows
+        pretraining = window_bounds(min(steps, len(windows) * short), short)
+        return pretraining + [(steps, steps)] * (len(windows) - len(pretraining))  # empty: they move nothing
 
     def _tune_anchor(self) -> None:
         """An updater anchored on SGD (``set_lr``, e.g. :class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
