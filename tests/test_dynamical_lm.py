@@ -307,28 +307,33 @@ def test_the_meta_gradient_of_two_truncation_windows_equals_an_explicit_unroll_c
     assert not any(f"lm.{n}" in second["grads"] for n in DYNAMIC_NAMES)  # the carried weights are cut from the init
 
 
-def test_pretraining_reads_short_windows_from_the_start_of_a_long_crop():
-    """Crops of 9 segments, meta-training windows of 4 (2 a crop); pretraining takes 2 windows of 1 segment: the loss
-    of segments 0 and 1, then of segment 2, the LSTM's state carried between them."""
+def test_pretraining_reads_short_windows_over_a_stretch_of_a_long_crop():
+    """Crops of 9 segments, meta-training windows of 4 (2 a crop); pretraining takes 2 windows of 1 segment at a
+    seeded place k: the loss of segments k and k + 1, then of k + 2, the LSTM's state carried between them (the
+    reading starts at k from a zero state). Exactly one k in 0 ... 6 gives the recorded gradients."""
     module, capture = small_model(truncation=4, pretrain_truncation=1, pretrain_batches=1), EveryStep()
     trainer = L.Trainer(max_steps=2, precision="64-true", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[capture])
     trainer.fit(module, datamodule=documents_module(inner_steps=8))
     inputs, targets = capture.batch.inputs[0], capture.batch.targets[0]
-    zeros = [torch.zeros(6, dtype=torch.float64)] * 2
-    weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[0]["weights"].items() if n.startswith("lm.")}
-    first, h, c = hand_written_lm(weights, inputs[0], zeros, zeros)
-    second, _, _ = hand_written_lm(weights, inputs[1], h, c)
-    loss = (F.cross_entropy(first, targets[0]) + F.cross_entropy(second, targets[1])) / 2
-    for name, e in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
-        torch.testing.assert_close(capture.steps[0]["grads"][f"lm.{name}"], e, rtol=1e-9, atol=1e-12)
-    weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[1]["weights"].items() if n.startswith("lm.")}
-    _, h, c = hand_written_lm(weights, inputs[1], [x.detach() for x in h], [x.detach() for x in c])
-    third, _, _ = hand_written_lm(weights, inputs[2], h, c)
-    expected = torch.autograd.grad(F.cross_entropy(third, targets[2]), list(weights.values()))
-    for name, e in zip(weights, expected):
-        torch.testing.assert_close(capture.steps[1]["grads"][f"lm.{name}"], e, rtol=1e-9, atol=1e-12)
-    assert not any(n.startswith("net.") for n in capture.steps[0]["grads"])  # no updater while the LM pretrains
+    assert capture.batch.segments == [9] and not any(n.startswith("net.") for n in capture.steps[0]["grads"])
+
+    def matches(k: int) -> bool:
+        zeros = [torch.zeros(6, dtype=torch.float64)] * 2
+        weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[0]["weights"].items() if n.startswith("lm.")}
+        first, h, c = hand_written_lm(weights, inputs[k], zeros, zeros)
+        second, _, _ = hand_written_lm(weights, inputs[k + 1], h, c)
+        loss = (F.cross_entropy(first, targets[k]) + F.cross_entropy(second, targets[k + 1])) / 2
+        expected = dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+        weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[1]["weights"].items() if n.startswith("lm.")}
+        _, h, c = hand_written_lm(weights, inputs[k + 1], [x.detach() for x in h], [x.detach() for x in c])
+        third, _, _ = hand_written_lm(weights, inputs[k + 2], h, c)
+        later = dict(zip(weights, torch.autograd.grad(F.cross_entropy(third, targets[k + 2]), list(weights.values()))))
+        got = [(capture.steps[0]["grads"][f"lm.{n}"], e) for n, e in expected.items()]
+        got += [(capture.steps[1]["grads"][f"lm.{n}"], e) for n, e in later.items()]
+        return all(torch.allclose(g, e, rtol=1e-9, atol=1e-12) for g, e in got)
+
+    assert sum(matches(k) for k in range(7)) == 1
 
 
 def test_a_window_past_the_end_of_every_document_moves_nothing():

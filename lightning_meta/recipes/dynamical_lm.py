@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
@@ -241,7 +242,8 @@ class DynamicalLanguageModel(L.LightningModule):
         init = {n: p if learn_init else p.detach().requires_grad_() for n, p in dynamic.items()}
         carry = self.lm.initial_state(1, like=self.lm.decoder.bias)
         states = [UnrollState.start(self.lm, self.net, init, carry) for _ in range(len(batch))]
-        for start, stop in self._windows(batch.inputs.shape[1] - 1, meta):
+        windows = self._windows(batch, meta)
+        for start, stop in windows:
             reading = [d for d in range(len(batch)) if start < batch.segments[d] - 1]  # documents not yet ended
             optimizer.zero_grad()  # to None: a window past the end of every document moves nothing
             if reading:
@@ -257,7 +259,7 @@ class DynamicalLanguageModel(L.LightningModule):
                             min(stop, batch.segments[d] - 1),
                             first_order=self.hparams["first_order"],
                             segments=self.hparams["checkpoint_segments"],
-                            score_start=start == 0,
+                            score_start=start == windows[0][0],
                             fixed=fixed,
                         )
                         total = total + loss / len(reading)
@@ -270,16 +272,21 @@ class DynamicalLanguageModel(L.LightningModule):
             states = [state.detached() for state in states]
         log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
 
-    def _windows(self, steps: int, meta: bool) -> list[tuple[int, int]]:
+    def _windows(self, batch: DocumentBatch, meta: bool) -> list[tuple[int, int]]:
         """The truncation windows of a batch's crop: of ``truncation`` segments while meta-training; while the LM
-        pretrains, as many windows of ``pretrain_truncation`` from the crop's start (the rest of a long crop is not
-        read), so that every batch takes the same number of optimizer steps."""
+        pretrains, as many windows of ``pretrain_truncation`` over a stretch of the crop at a seeded random place
+        (the same for every document of the batch; a function of the batch's place in the stream), so that every
+        batch takes the same number of optimizer steps."""
+        steps = batch.inputs.shape[1] - 1
         windows = window_bounds(steps, self.hparams["truncation"])
         short = self.hparams["pretrain_truncation"]
         if meta or short is None:
             return windows
-        pretraining = window_bounds(min(steps, len(windows) * short), short)
-        return pretraining + [(steps, steps)] * (len(windows) - len(pretraining))  # empty: they move nothing
+        span = len(windows) * short
+        room = min(batch.segments) - 1 - span
+        offset = int(np.random.default_rng([5, batch.tasks[0]]).integers(room + 1)) if room > 0 else 0
+        stretch = [(offset + a, offset + b) for a, b in window_bounds(min(steps, span), short)]
+        return stretch + [(steps, steps)] * (len(windows) - len(stretch))  # empty windows move nothing
 
     def _tune_anchor(self) -> None:
         """An updater anchored on SGD (``set_lr``, e.g. :class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
