@@ -7,6 +7,11 @@ load is weights-only, and a file that does not load is an :class:`UnreadableChec
 The ``lightning-meta`` command checks ``--ckpt_path`` this way before the Trainer reads it; in Python,
 :func:`readable_checkpoint` does the same for ``load_from_checkpoint``.
 
+A checkpoint written by ``lightning-meta`` names its model's class (``hyper_parameters["_class_path"]``). Loaded into
+another class, Lightning refuses it as if it were an attack ("blocked to prevent arbitrary code execution"); here it
+is one line naming both classes (:func:`check_model_class`; ``readable_checkpoint(path, ModelClass)``, and the
+recipes' modules do it in their own ``load_from_checkpoint``: :class:`ChecksCheckpointClass`).
+
 Examples:
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -23,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import zipfile
@@ -67,11 +73,58 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-def readable_checkpoint(path: str | Path) -> Path:
-    """``path``, once :func:`load_checkpoint` has read it: ``Model.load_from_checkpoint(readable_checkpoint(path))``
-    fails with a message naming the file instead of deep inside ``torch.load``."""
-    load_checkpoint(path)
+class WrongModelCheckpoint(ValueError):
+    """A checkpoint of one model class given to another."""
+
+
+def readable_checkpoint(path: str | Path, model_class: type | None = None) -> Path:
+    """``path``, once :func:`load_checkpoint` has read it (and, given ``model_class``, :func:`check_model_class` has
+    found it is that model's): ``Model.load_from_checkpoint(readable_checkpoint(path, Model))`` fails with a message
+    naming the file instead of deep inside ``torch.load``."""
+    checkpoint = load_checkpoint(path)
+    if model_class is not None:
+        check_model_class(checkpoint, model_class, path)
     return Path(path)
+
+
+def saved_class_path(checkpoint: dict[str, Any]) -> str | None:
+    """The class path of the model that wrote ``checkpoint``, where it says (``lightning-meta`` checkpoints do)."""
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    return class_path if isinstance(class_path, str) else None
+
+
+def check_model_class(checkpoint: dict[str, Any], model_class: type, path: str | Path) -> None:
+    """Refuse a checkpoint whose model is not ``model_class`` (or a subclass of it), in one line naming both.
+
+    Raises:
+        WrongModelCheckpoint: the checkpoint names another model class.
+    """
+    saved = saved_class_path(checkpoint)
+    if saved is None:
+        return
+    module, _, name = saved.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        found = None
+    if isinstance(found, type) and issubclass(found, model_class):
+        return
+    raise WrongModelCheckpoint(
+        f"{path} is a checkpoint of {name} ({saved}), not of {model_class.__name__}: load it with "
+        f"{name}.load_from_checkpoint, or pass a checkpoint of a {model_class.__name__}"
+    )
+
+
+class ChecksCheckpointClass:
+    """A LightningModule mixin (before ``LightningModule`` in the bases): ``load_from_checkpoint`` of a local file
+    reads it safely and checks its model class first (:func:`readable_checkpoint`), so that a checkpoint of another
+    model is one line naming both classes."""
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+            readable_checkpoint(checkpoint_path, cls)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
 
 def _damage(path: Path) -> str:

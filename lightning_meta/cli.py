@@ -8,7 +8,7 @@ Example (shell)::
 
     lightning-meta --help                                  # the recipes, one command each
     lightning-meta fit --config recipes/omniglot/leap.yaml
-    lightning-meta fit --config recipes/omniglot/leap.yaml --trainer.max_steps=2000 --data.batch_size=10
+    lightning-meta fit --config recipes/omniglot/leap.yaml --data.max_meta_steps=50 --data.batch_size=10
     lightning-meta fit --config recipes/omniglot/leap.yaml --print_config   # the resolved config, then exit
     lightning-meta fit --help                              # every argument
 """
@@ -28,11 +28,14 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_module
+from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
 
-from lightning_meta.callbacks import MetaProgressBar, RunSummary
+from lightning_meta.callbacks import CheckpointOnSignal, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.cli_errors import run_reporting_errors
+from lightning_meta.checkpoint_io import use_atomic_checkpoints
+from lightning_meta.cli_errors import flag_of, run_reporting_errors
+from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
+from lightning_meta.run_folders import claim_version
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
 
 RECIPES = """\
@@ -40,15 +43,14 @@ Meta-learning recipes for PyTorch Lightning. Run from the repository root; each 
 
   lightning-meta fit --config recipes/omniglot/leap.yaml --config recipes/omniglot/quick.yaml     # the main job
   lightning-meta fit --config recipes/omniglot/reptile.yaml --config recipes/omniglot/quick.yaml  # or finetune, scratch
-  lightning-meta fit --config recipes/omniglot/maml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
-  lightning-meta fit --config recipes/omniglot/fomaml.yaml --config recipes/omniglot/quick.yaml --trainer.max_steps=30
+  lightning-meta fit --config recipes/omniglot/maml.yaml --config recipes/omniglot/quick.yaml     # or fomaml.yaml
   lightning-meta fit --config recipes/vision/leap.yaml --config recipes/vision/quick.yaml    # or finetune, scratch
   lightning-meta fit --config recipes/atari/quick.yaml           # needs pip install -e ".[atari]"; leap.yaml: GPU
   lightning-meta fit --config recipes/dynamical_lm/quick.yaml    # gpu.yaml: one GPU
   lightning-meta fit --config recipes/learned_optimizer/quadratics.yaml
 
 Without quick.yaml the Omniglot and vision configs run at the papers' sizes (for GPUs). Every argument is typed and
-overridable (--trainer.max_steps=100 --data.inner_steps=50). Runs are quiet and end with a summary of the results:
+overridable (--data.max_meta_steps=100 --data.inner_steps=50). Runs are quiet and end with a summary of the results:
 
   lightning-meta fit --help                         # every argument of fit (long)
   lightning-meta fit --config FILE --print_config   # a recipe's resolved config
@@ -96,8 +98,18 @@ class MetaCLI(LightningCLI):
     any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
-    or another one is configured) and a :class:`~lightning_meta.callbacks.RunSummary`; ``--verbose`` lets Lightning's
-    tips and the libraries' warnings through."""
+    or another one is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
+    :class:`~lightning_meta.callbacks.CheckpointOnSignal` (SIGTERM or SIGINT: saved, the command that resumes, exit
+    status 143 or 130); checkpoints are written atomically (:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO`)
+    and each logger's version folder is claimed before fit (:func:`~lightning_meta.run_folders.claim_version`), so two
+    runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings through."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self.command_line = None if isinstance(given, dict) else list(sys.argv[1:] if given is None else given)
+        self.resumed: tuple[str, dict[str, Any], Any] | None = None  # --ckpt_path, its checkpoint, the parsed model
+        self.kept: list[tuple[str, Any, Any]] = []  # model arguments configured otherwise than the checkpoint says
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -113,14 +125,19 @@ class MetaCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check that ``--ckpt_path`` names a readable checkpoint: a truncated or foreign file fails here
-        with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it."""
+        with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it; and that it is
+        a checkpoint of the configured model class (:mod:`lightning_meta.resume_checks`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is None or path in ("last", "best", "hpc", "registry") or str(path).startswith("registry:"):
             return  # Lightning's keywords: Lightning finds and reads the file
         if "://" not in str(path):  # remote files are Lightning's to read
-            load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            model = self.config[subcommand].get("model")
+            if model is not None:
+                check_resumed_class(checkpoint, model, path)
+                self.resumed = (str(path), checkpoint, model.clone())
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -133,9 +150,29 @@ class MetaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if not self._get(self.config, "verbose", default=False):
             quiet()
+        if self.resumed is not None and self.subcommand is not None:
+            path, _, written = self.resumed
+            self.kept = keep_configured_values(written, self.config[self.subcommand]["model"])
+            for name, configured, saved in self.kept:
+                if getattr(rank_zero_only, "rank", 0) == 0:
+                    print(f"lightning-meta: {self._model_flag(name)}={configured} replaces the checkpoint's "
+                          f"{name}={saved} ({path})", file=sys.stderr)
+
+    def _model_flag(self, name: str) -> str:
+        """The model argument's flag as the user wrote it (``--model.init_args.lr`` or ``--model.lr``)."""
+        return flag_of(["model", name], self.command_line or [])
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        if self.resumed is not None:
+            path, checkpoint, _ = self.resumed
+            kept = [f"{self._model_flag(name)}={value} (the checkpoint's {saved})" for name, value, saved in self.kept]
+            check_weights_fit(checkpoint, self.model, path, ", ".join(kept))
+        if self.subcommand is not None:
+            use_atomic_checkpoints(self.trainer)
+            if getattr(rank_zero_only, "rank", 0) == 0:  # the process that starts the run; DDP's others take its folder
+                for logger in self.trainer.loggers:
+                    claim_version(logger)
         wandb = [logger for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb:
             wandb_offline_without_key()
@@ -154,6 +191,9 @@ class MetaCLI(LightningCLI):
             defaults.append(RunSummary())
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             defaults.append(MetaProgressBar())
+        if not any(isinstance(c, CheckpointOnSignal) for c in configured):
+            command = None if self.command_line is None else ["lightning-meta", *self.command_line]
+            defaults.append(CheckpointOnSignal(resume_command=command))
         self.trainer_defaults["callbacks"] = defaults
         return super().instantiate_trainer(**kwargs)
 
@@ -181,7 +221,8 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
 
 def command() -> None:
     """The console script: runs :func:`main`; exits with status 0, or prints a bad value's key, value and rule in one
-    line and exits with status 1 (:mod:`lightning_meta.cli_errors`; ``--debug`` shows the traceback)."""
+    line and exits with status 1 (:mod:`lightning_meta.cli_errors`; ``--debug`` shows the traceback), or, stopped by
+    SIGTERM or SIGINT, exits with status 143 or 130 once the run is saved."""
     sys.exit(run_reporting_errors(main, sys.argv))
 
 

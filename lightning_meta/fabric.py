@@ -6,6 +6,10 @@ training on several processes, give each process its own tasks (``meta_batch_siz
 the meta-batch) and run ``fabric.backward`` inside ``fabric.no_backward_sync(model)``, so that each process's
 gradients stay with its own task.
 
+A module sharded with FSDP2's ``fully_shard`` (e.g. under Fabric's ``ModelParallelStrategy``) gets a
+:class:`~lightning_meta.engine.ShardedMetaLearner` (pass ``parallel="data"``: the processes train every task together,
+each on its share of every batch; see :mod:`lightning_meta.engine.sharded`).
+
 Examples:
     >>> import lightning as L
     >>> import torch
@@ -37,15 +41,17 @@ import lightning as L
 from lightning.fabric.wrappers import is_wrapped
 from torch import Tensor, nn
 
-from lightning_meta.engine import MetaLearner, TrajectoryRule
-from lightning_meta.engine.learner import Parallel
+from lightning_meta.engine import MetaLearner, ShardedMetaLearner, TrajectoryRule
+from lightning_meta.engine.sharded import sharded
+from lightning_meta.validation import Parallel
 
 
 def fabric_meta_learner(
     fabric: L.Fabric, module: nn.Module, rule: TrajectoryRule, parallel: Parallel = "tasks", **kwargs: Any
 ) -> MetaLearner:
     """A :class:`~lightning_meta.engine.MetaLearner` of ``module`` (as returned by ``fabric.setup_module``, or the
-    module you gave it) whose reduce runs over Fabric's processes.
+    module you gave it) whose reduce runs over Fabric's processes; a
+    :class:`~lightning_meta.engine.ShardedMetaLearner` when its parameters are ``DTensor`` shards.
 
     Args:
         fabric: the launched Fabric.
@@ -60,4 +66,5 @@ def fabric_meta_learner(
         return fabric.all_reduce(tensor, reduce_op="sum")  # type: ignore[return-value]
 
     own: nn.Module = module.module if is_wrapped(module) else module  # type: ignore[assignment]
-    return MetaLearner(own, rule, parallel=parallel, all_reduce=all_reduce if fabric.world_size > 1 else None, **kwargs)
+    learner = ShardedMetaLearner if sharded(own) else MetaLearner
+    return learner(own, rule, parallel=parallel, all_reduce=all_reduce if fabric.world_size > 1 else None, **kwargs)

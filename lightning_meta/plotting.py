@@ -22,12 +22,15 @@ from matplotlib.image import imread
 from torch import Tensor
 
 
-def plot_learning_curves(curves: dict[str, tuple[Tensor, Tensor]], path: Path, title: str) -> Path:
-    """Two panels (training loss, training error) of ``{label: (loss [tasks, steps], error [tasks, steps])}``."""
-    figure = Figure(figsize=(10, 4), layout="constrained")  # no pyplot: works under any backend, leaves it alone
-    axes = figure.subplots(1, 2)
+def plot_learning_curves(curves: dict[str, tuple[Tensor, Tensor | None]], path: Path, title: str) -> Path:
+    """Two panels (training loss, training error) of ``{label: (loss [tasks, steps], error [tasks, steps])}``; the
+    loss alone where the tasks have no error (not classifiers: ``error`` is ``None``)."""
+    panels = 2 if all(error is not None for _, error in curves.values()) else 1
+    figure = Figure(figsize=(5 * panels, 4), layout="constrained")  # no pyplot: works under any backend
+    axes = figure.subplots(1, panels, squeeze=False)[0]
     for label, pair in curves.items():
         for axis, values in zip(axes, pair):
+            assert values is not None
             steps = range(1, values.shape[-1] + 1)
             mean, std = values.mean(0), values.std(0) if values.shape[0] > 1 else values.mean(0) * 0
             axis.plot(steps, mean, label=label)

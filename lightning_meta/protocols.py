@@ -6,14 +6,15 @@ the object have it?) or :func:`require` (a must); both name what is missing when
 Examples:
     >>> import torch
     >>> class Classifier:
-    ...     def start_task(self, num_classes: int) -> None:
-    ...         self.classes = num_classes
-    >>> implements(Classifier(), TaskHead, "MetaEvaluation")
+    ...     def start_task(self, task) -> None:
+    ...         self.classes = task.task.num_classes
+    >>> implements(Classifier(), TaskAware, "MetaEvaluation")
     True
-    >>> implements(torch.nn.Linear(2, 2), TaskHead, "MetaEvaluation")
+    >>> implements(torch.nn.Linear(2, 2), TaskAware, "MetaEvaluation")
     False
     >>> class HalfData:
     ...     inner_steps = 10
+    ...     collate_fn = None
     ...     def tasks(self, split): return []
     >>> require(HalfData(), HeldOutTasks, "MetaEvaluation")
     Traceback (most recent call last):
@@ -24,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from torch.optim import Optimizer
@@ -32,7 +34,9 @@ from typing_extensions import get_protocol_members
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lightning_meta.tasks.family import Split, Task
+    import lightning as L
+
+    from lightning_meta.tasks.family import Split, Task, TaskInfo
 
 P = TypeVar("P")
 
@@ -65,20 +69,34 @@ class InnerOptimizer(Protocol):
 
 
 @runtime_checkable
-class TaskHead(Protocol):
-    """A classifier with a head per task, drawn afresh when each held-out task starts
-    (:class:`~lightning_meta.MetaEvaluation`)."""
+class TaskAware(Protocol):
+    """A model that needs to know the task it starts (a head per task sized by ``num_classes``, one chosen by the
+    task's index, anything in ``metadata``): ``start_task`` is called as each task starts, with its
+    :class:`~lightning_meta.tasks.TaskInfo`: meta-training tasks by :class:`~lightning_meta.MetaInit` (Leap,
+    Reptile), held-out tasks by :class:`~lightning_meta.MetaEvaluation`. Trained without a meta-learning callback, a
+    model reads its task from the data module (``trainer.datamodule.current_task()``)."""
 
-    def start_task(self, num_classes: int) -> None: ...
+    def start_task(self, task: TaskInfo) -> None: ...
+
+
+@runtime_checkable
+class TrainsTasksApart(Protocol):
+    """A callback under which each DDP process trains tasks of its own, without gradient averaging inside a task
+    (:class:`~lightning_meta.MetaInit`): a task stream whose ``parallel`` is not set then spreads the tasks of each
+    meta-batch over the processes (``"tasks"``), else every process trains the same task (``"data"``)."""
+
+    trains_tasks_apart: bool
 
 
 @runtime_checkable
 class HeldOutTasks(Protocol):
-    """What a data module gives held-out evaluation: the tasks of a split, and the default steps per task and batch
-    size (:class:`~lightning_meta.MetaEvaluation`; a :class:`~lightning_meta.tasks.TaskDataModule` has them)."""
+    """What a data module gives held-out evaluation: the tasks of a split, the default steps per task and batch
+    size, and how samples collate (``None``: PyTorch's ``default_collate``) (:class:`~lightning_meta.MetaEvaluation`;
+    a :class:`~lightning_meta.tasks.TaskDataModule` has them)."""
 
     inner_steps: int
     batch_size: int
+    collate_fn: Callable[[list[Any]], Any] | None
 
     def tasks(self, split: Split) -> list[Task]: ...
 
@@ -90,6 +108,15 @@ class CountsMetaSteps(Protocol):
     :class:`~lightning_meta.tasks.schedule.TaskSchedule` has the same method)."""
 
     def meta_steps_done(self, optimizer_steps: int) -> int: ...
+
+
+@runtime_checkable
+class ResumePoints(Protocol):
+    """A callback whose state resumes exactly only at some steps (a task-parallel meta-learner on several processes:
+    at meta-step boundaries); :class:`~lightning_meta.callbacks.CheckpointOnSignal` saves at the first step where
+    every such callback says yes."""
+
+    def resumable_now(self, trainer: L.Trainer) -> bool: ...
 
 
 @runtime_checkable

@@ -1,5 +1,5 @@
-"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, and
-the folder of a run's files."""
+"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, range
+checks of numeric arguments, and the folder of a run's files."""
 
 from __future__ import annotations
 
@@ -33,6 +33,23 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
         pattern = re.compile(include)
         return lambda name, parameter: pattern.search(name) is not None
     return include
+
+
+def check_range(owner: str, low: float, strict: bool = False, **values: float | None) -> None:
+    """Raise ``ValueError("<owner>: <name> must be >= low, got <value>")`` (``> low`` when ``strict``) for the first of
+    ``values`` out of range; ``None`` (an optional argument left out) passes. The message names the argument, so that
+    ``lightning-meta`` reports the user's key for it (:mod:`lightning_meta.cli_errors`).
+
+    Examples:
+        >>> check_range("ConvClassifier", 0, strict=True, lr=0.1, pretrain_lr=None)
+        >>> check_range("ConvClassifier", 1, channels=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ConvClassifier: channels must be >= 1, got 0
+    """
+    for name, value in values.items():
+        if value is not None and not (value > low if strict else value >= low):
+            raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from lightning_meta.tasks import ImageTensorDataset, Task, TaskFamily
 
@@ -75,6 +76,40 @@ class TinyClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class DictRegression(L.LightningModule):
+    """A module whose batches are dicts: ``{"features": [B, 4], "target": [B]}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.seen: list[type] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(type(batch))
+        return F.mse_loss(self.net(batch["features"]).squeeze(-1), batch["target"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class DictSamples(Dataset):
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        x, y = self.data[index]
+        return {"features": x, "target": y}
+
+
+def regression_data(seed: int, size: int = 24) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, 4, generator=g)
+    return TensorDataset(x, x @ torch.randn(4, generator=g))
+
+
 TRAINER_ROOT: Path | None = None
 """Where :func:`make_trainer` puts a run's files: each test's own ``tmp_path`` (set by conftest's autouse fixture)."""
 
@@ -91,3 +126,12 @@ def make_trainer(callbacks, max_steps: int, **kwargs) -> L.Trainer:
 
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def identical(a: object, b: object) -> bool:
+    """Bitwise equality of tensors, and of dicts of them (or ``None``), field by field."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(identical(a[key], b[key]) for key in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a is None and b is None

@@ -4,6 +4,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -18,7 +19,7 @@ from lightning_meta.recipes.actor_critic import n_step_returns
 from lightning_meta.tasks import AtariDataModule, AtariGames
 from lightning_meta.tasks.atari import make_vector_env
 from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
-from lightning_meta.tasks.schedule import TaskSchedule
+
 
 ROOT = Path(__file__).parents[1]
 
@@ -159,7 +160,7 @@ def test_leap_meta_learns_the_encoder_of_an_actor_critic_end_to_end(loss):
 def test_quick_recipe_end_to_end_with_wandb(tmp_path):
     main([
         "fit", "--config", str(ROOT / "recipes" / "atari" / "quick.yaml"),
-        "--trainer.max_steps=4", f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.max_meta_steps=1", f"--trainer.default_root_dir={tmp_path}",
         "--data.init_args.inner_steps=2", "--data.init_args.num_envs=2", "--data.init_args.max_episode_steps=10",
         "--trainer.logger=WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.logger.init_args.project=lightning-meta-test",
@@ -173,7 +174,11 @@ def test_quick_recipe_end_to_end_with_wandb(tmp_path):
         runs = table["curves"][game]
         assert set(runs) == {"meta-learned encoder", "random encoder"}
         assert all(len(curve) == 3 for curves in runs.values() for curve in curves) and len(runs["random encoder"]) == 2
-    wandb.finish()  # flush the offline run's records
+    wandb.finish()
+    # finish() returns once the run's exit is recorded; the service process may still be writing the run's records
+    # (under load the .wandb file held only its header). teardown() waits until the service has shut down, with
+    # every file written and closed: what W&B promises.
+    wandb.teardown()
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list((run / "files" / "media" / "images" / "atari_eval").rglob("learning_curves_*.png"))
     assert b"atari_eval/Breakout/meta-learned_encoder/final_return" in next(run.glob("run-*.wandb")).read_bytes()
@@ -190,17 +195,25 @@ def test_paper_scale_config_builds_the_papers_agent():
     assert cli.config["trainer"]["accelerator"] == "auto"
 
 
+def process(world_size: int, rank: int, callbacks: list) -> SimpleNamespace:
+    """What the data module reads of the Trainer of one DDP process, at the start of fit."""
+    return SimpleNamespace(
+        world_size=world_size, global_rank=rank, callbacks=callbacks, global_step=0, accumulate_grad_batches=1,
+        lightning_module=None,
+    )
+
+
 def test_each_ddp_process_plays_the_tasks_its_schedule_gives_it():
     data = AtariDataModule(AtariGames(train=["Pong", "Freeway", "Skiing"]), inner_steps=2, meta_batch_size=4)
     data.setup("fit")
     streams = []
     for rank in (0, 1):  # task-parallel: process r trains positions r, r + 2 of each meta-batch of 4
-        data.schedule = TaskSchedule(inner_steps=2, meta_batch_size=4, world_size=2, rank=rank)
+        data.trainer = process(world_size=2, rank=rank, callbacks=[Leap()])  # a meta-learner: parallel="tasks"
         stream = iter(data.train_dataloader())
         streams.append([next(stream) for _ in range(8)])
     assert [r.task for r in streams[0]] == [0, 0, 2, 2, 4, 4, 6, 6]
     assert [r.task for r in streams[1]] == [1, 1, 3, 3, 5, 5, 7, 7]
-    data.schedule = TaskSchedule(inner_steps=2)  # one process plays every task of the stream in order
+    data.trainer = process(world_size=1, rank=0, callbacks=[])  # one process plays every task of the stream in order
     single = iter(data.train_dataloader())
     game_of = {rollout.task: rollout.game for rollout in (next(single) for _ in range(16))}
     for rollout in streams[0] + streams[1]:  # a task's game does not depend on the process that plays it

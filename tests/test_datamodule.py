@@ -6,42 +6,45 @@ import torch
 from helpers import ToyFamily
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from lightning_meta.tasks import TaskBatch, TaskDataModule
+from lightning_meta.tasks import TaskDataModule
 from lightning_meta.tasks.stream import TaskBatchSampler
 
+INNER_STEPS = 3
 
-def stream(**kwargs):
-    options = dict(inner_steps=3, batch_size=5, tasks_per_epoch=4, seed=0)
+
+def data_module(**kwargs):
+    options = dict(inner_steps=INNER_STEPS, batch_size=5, tasks_per_epoch=4, seed=0)
     options.update(kwargs)
     data = TaskDataModule(ToyFamily(), **options)
     data.setup("fit")
-    return list(data.train_dataloader())
+    return data
+
+
+def stream(**kwargs):
+    return list(data_module(**kwargs).train_dataloader())
 
 
 def same(a, b):
-    return len(a) == len(b) and all(
-        x.task == y.task and torch.equal(x.inputs, y.inputs) and torch.equal(x.targets, y.targets) for x, y in zip(a, b)
-    )
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
 def test_tasks_come_in_runs_of_inner_steps_and_cover_the_split():
-    batches = stream()
-    assert [b.task for b in batches] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    names = [batches[3 * t].task_name for t in range(4)]
+    data = data_module()
+    batches = list(data.train_dataloader())
+    assert len(batches) == 4 * INNER_STEPS
+    names = [data.task_info(position).task.name for position in range(4)]
     assert sorted(names) == ["toy-0", "toy-1", "toy-2", "toy-3"]  # one pass visits every meta-training task once
-    assert all(b.task_name == names[b.task] for b in batches)
-    assert all(b.inputs.shape == (5, 1, 4, 4) and b.targets.shape == (5,) for b in batches)
+    assert all(isinstance(b, list) and b[0].shape == (5, 1, 4, 4) and b[1].shape == (5,) for b in batches)
 
 
-def test_labels_are_those_of_the_named_task():
-    family = ToyFamily()
-    by_name = {task.name: task for task in family.tasks("train")}
-    for batch in stream():
-        data = by_name[batch.task_name].train
-        images = (data.images.float() / 255).flatten(1)
-        for x, y in zip(batch.inputs, batch.targets):
+def test_labels_are_those_of_the_task_the_schedule_names():
+    data = data_module()
+    for step, (inputs, targets) in enumerate(data.train_dataloader()):
+        task = data.task_info(data.schedule.task(step)).task.train
+        images = (task.images.float() / 255).flatten(1)
+        for x, y in zip(inputs, targets):
             index = (images == x.flatten()).all(1).nonzero()[0, 0]
-            assert data.labels[index] == y
+            assert task.labels[index] == y
 
 
 def test_same_seed_same_stream_other_seed_other_stream():
@@ -56,34 +59,33 @@ def test_workers_change_nothing():
 
 def test_augmentation_is_seeded_per_sample():
     plain, augmented = stream(), stream(augment=True)
-    assert [b.task for b in plain] == [b.task for b in augmented]
-    assert all(torch.equal(p.targets, a.targets) for p, a in zip(plain, augmented))
-    assert not torch.equal(plain[0].inputs, augmented[0].inputs)
+    assert all(torch.equal(p[1], a[1]) for p, a in zip(plain, augmented))
+    assert not torch.equal(plain[0][0], augmented[0][0])
 
 
 def test_sampler_resumes_at_any_position_with_a_constant_length():
-    sizes = [7, 11, 5]
-    full = list(itertools.islice(TaskBatchSampler(sizes, 4, 3, tasks_per_epoch=100, seed=3), 40))
+    sizes = [7, 11, 5].__getitem__
+    full = list(itertools.islice(TaskBatchSampler(sizes, 3, 4, 3, tasks_per_epoch=100, seed=3), 40))
     for start in (0, 1, 5, 9, 13):
-        sampler = TaskBatchSampler(sizes, 4, 3, tasks_per_epoch=2, seed=3, position=lambda: start)
+        sampler = TaskBatchSampler(sizes, 3, 4, 3, tasks_per_epoch=2, seed=3, position=lambda: start)
         assert len(sampler) == 6
         epoch_end = (start // 6 + 1) * 6
         assert list(sampler) == full[start:epoch_end]
 
 
 def test_later_passes_reorder_tasks():
-    sampler = TaskBatchSampler([3] * 5, 1, 1, tasks_per_epoch=1, seed=0)
+    sampler = TaskBatchSampler(lambda index: 3, 5, 1, 1, tasks_per_epoch=1, seed=0)
     passes = [[sampler.task_index(n) for n in range(5 * k, 5 * k + 5)] for k in range(4)]
     assert all(sorted(p) == list(range(5)) for p in passes)
     assert len({tuple(p) for p in passes}) > 1
 
 
-def test_task_batch_unpacks_and_survives_device_transfer():
+def test_a_batch_is_what_the_samples_collate_to_and_survives_device_transfer():
     batch = stream()[4]
     x, y = batch
-    assert x is batch.inputs and y is batch[1] and len(batch) == 2
+    assert torch.equal(batch[0], x) and len(batch) == 2
     moved = move_data_to_device(batch, torch.device("cpu"))
-    assert isinstance(moved, TaskBatch) and moved.task == 1 and torch.equal(moved.inputs, x)
+    assert type(moved) is list and torch.equal(moved[0], x) and torch.equal(moved[1], y)
 
 
 def test_a_batch_is_fetched_at_once_with_the_samples_one_by_one_would_give():
@@ -92,4 +94,4 @@ def test_a_batch_is_fetched_at_once_with_the_samples_one_by_one_would_give():
     batch = task.train.__getitems__(indices)
     for (x, y), i in zip(batch, indices):
         assert torch.equal(x, task.train.images[i].float() / 255) and y == int(task.train.labels[i])
-    assert stream(augment=True)[0].inputs.shape == (5, 1, 4, 4)  # augmentation still applies sample by sample
+    assert stream(augment=True)[0][0].shape == (5, 1, 4, 4)  # augmentation still applies sample by sample

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_meta import Leap
 from lightning_meta.callbacks.meta_evaluation import adapt
 from lightning_meta.recipes import DatasetClassifier
-from lightning_meta.tasks import ImageTensorDataset, Task, TaskDataModule, TaskFamily
+from lightning_meta.tasks import ImageTensorDataset, Task, TaskDataModule, TaskFamily, TaskInfo
 
 CLASSES = {"train": [2, 3, 4], "val": [2], "test": [3]}
 
@@ -48,7 +48,8 @@ class Recording(DatasetClassifier):
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
-        self.steps.append((batch.task, batch.split_index, self.head.weight.detach().clone(), self.active_classes))
+        task = self.trainer.datamodule.current_task()  # the schedule's task of this step
+        self.steps.append((task.position, task.index, self.head.weight.detach().clone(), self.active_classes))
 
 
 class LearningRates(L.Callback):
@@ -83,8 +84,8 @@ def test_cosine_schedule_restarts_with_every_task(meta: bool):
     meta-learner with the period equal to a task: the learning rate of step s is 0.1 (1 + cos(pi (s mod 4) / T)) / 2."""
     period = 6 if meta else 4
     rates = LearningRates()
-    callbacks = [Leap(include=r"^encoder\.", meta_batch_size=1), rates] if meta else [rates]
-    make_trainer(callbacks, max_steps=12).fit(small(cosine_steps=period), datamodule=data(4))
+    callbacks = [Leap(include=r"^encoder\."), rates] if meta else [rates]
+    make_trainer(callbacks, max_steps=12).fit(small(cosine_steps=period), datamodule=data(4, meta_batch_size=1))
     expected = [0.05 * (1 + math.cos(math.pi * (step % 4) / period)) for step in range(12)]
     assert rates.rates == pytest.approx(expected)
 
@@ -126,22 +127,24 @@ def test_held_out_tasks_start_from_a_fresh_head_of_their_size():
     assert float(loss) == pytest.approx(math.log(3))  # the premise: the state's own head is the zero head
 
 
+def start(model: DatasetClassifier, position: int, index: int) -> None:
+    """Meta-training task ``index`` of the split starts at ``position`` of the stream (what MetaInit calls)."""
+    model.start_task(TaskInfo(Sizes().tasks("train")[index], "train", index, position))
+
+
 def test_a_resumed_run_keeps_the_head_of_the_task_it_was_training():
     torch.manual_seed(0)
     model = small()
-    model.train_classes = CLASSES["train"]
-    batch = type("Batch", (), {"task": 7, "split_index": 1})()
-    model.on_train_batch_start(batch, 0)
+    start(model, position=7, index=1)
     assert model.active_classes == 3
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
     resumed = small()
     resumed.load_state_dict(checkpoint["state_dict"])
     resumed.on_load_checkpoint(checkpoint)
-    resumed.train_classes = CLASSES["train"]
-    resumed.on_train_batch_start(batch, 0)  # the same task goes on: no new head
+    assert resumed._task == 7  # the task going on: no new head until the stream reaches another position
     assert resumed.active_classes == 3 and torch.equal(resumed.head.weight, model.head.weight)
-    resumed.on_train_batch_start(type("Batch", (), {"task": 8, "split_index": 2})(), 0)
+    start(resumed, position=8, index=2)
     assert resumed.active_classes == 4 and not torch.equal(resumed.head.weight, model.head.weight)
 
 
@@ -150,9 +153,8 @@ def test_the_head_of_a_task_depends_on_its_position_in_the_stream_not_on_the_glo
     heads = []
     for global_seed in (1, 2):
         model = small()
-        model.train_classes = CLASSES["train"]
         torch.manual_seed(global_seed)
-        model.on_train_batch_start(type("Batch", (), {"task": 5, "split_index": 0})(), 0)
+        start(model, position=5, index=0)
         heads.append(model.head.weight.detach().clone())
         assert torch.equal(torch.random.get_rng_state(), torch.manual_seed(global_seed).get_state())  # untouched
     assert torch.equal(heads[0], heads[1])

@@ -66,6 +66,14 @@ def test_two_processes_training_their_tasks_together_equal_one_process_one_task_
     assert_same_init(two, one)
 
 
+@pytest.mark.parametrize("task_batch", [None, 2])
+def test_dict_batches_task_parallel_on_two_processes_equal_one_process(tmp_path, task_batch):
+    """A module whose batches are dicts, unchanged, with tasks one at a time and two trained together."""
+    two = run(tmp_path, "two", method="leap", devices=2, batch="dict", task_batch=task_batch)
+    one = run(tmp_path, "one", method="leap", devices=1, batch="dict")
+    assert_same_init(two, one)
+
+
 def test_data_parallel_leap_shards_batches_and_equals_one_process(tmp_path):
     two = run(tmp_path, "two", method="leap", parallel="data", devices=2, meta_batch_size=2)
     one = run(tmp_path, "one", method="leap", parallel="data", devices=1, meta_batch_size=2)
@@ -112,7 +120,7 @@ def test_the_recipe_runs_on_two_processes_from_the_command_line(tmp_path, glyph_
         "--config", str(RECIPES / "leap.yaml"), "--config", str(RECIPES / "quick.yaml"),
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=4",
-        "--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=4", "--model.init_args.channels=8",
+        "--data.inner_steps=2", "--data.meta_batch_size=2", "--data.max_meta_steps=2", "--model.init_args.channels=8",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
     ]

@@ -407,6 +407,8 @@ def test_bad_values_name_the_value_and_the_fix():
         DocumentDataModule(segment=0)
     with pytest.raises(ValueError, match="lower inner_steps or segment"):
         DocumentDataModule(segment=4096, inner_steps=100).setup("fit")
+    with pytest.raises(ValueError, match="with short_documents='whole' reads documents of 2 segments or more"):
+        DocumentDataModule(segment=2**20, inner_steps=100, short_documents="whole").setup("fit")
 
 
 # --- the recipe --------------------------------------------------------------------------------------------------

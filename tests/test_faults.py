@@ -12,10 +12,14 @@
   ``--debug`` shows the traceback.
 - Omniglot offline: one line naming the folder and the files to fetch, within seconds.
 - a truncated or foreign ``--ckpt_path``: one line naming the file, no ``weights_only=False`` advice.
+- (issue 24) a negative learning rate or meta_lr, zero channels: one line naming the key as the user wrote it.
 - a DDP process killed mid-run: its peer exits within a minute.
 
 Kill -9 in the middle of a meta-batch, then resume to the uninterrupted run's theta_0 and logged metrics, is
-tests/test_resume.py.
+tests/test_resume.py. The other trials of issue 24 are beside this file: test_stop_signals.py (SIGTERM, SIGINT),
+test_concurrent_runs.py (runs and sweeps sharing a folder, a sweep stopped), test_disk_full.py, test_one_line_errors.py
+(errors of torch and PIL, damaged images, empty text folders, sweep CSVs, checkpoints of another model) and, for the
+runaway guard's cause and resume point, test_runaway.py and the end of this file.
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ def command_line(capsys, args: list[str]) -> tuple[int, str]:
 def omniglot_quick(*extra: str) -> list[str]:
     omniglot = RECIPES / "omniglot"
     return ["fit", "--config", str(omniglot / "leap.yaml"), "--config", str(omniglot / "quick.yaml"),
-            "--trainer.enable_progress_bar=false", "--trainer.max_steps=1", *extra]  # fmt: skip
+            "--trainer.enable_progress_bar=false", "--data.max_meta_steps=null", "--trainer.max_steps=1", *extra]  # fmt: skip
 
 
 def overlay(tmp_path: Path, callbacks: str) -> str:
@@ -194,8 +198,13 @@ LEAP = "    - class_path: lightning_meta.Leap\n      init_args:\n"
         (["--data.family.ways=0"], "--data.family.ways=0: ways must be in 1..20, got 0"),
         (["--data.family.num_train=99"], "--data.family.num_train=99: num_train=99 exceeds the 47 alphabets left"),
         (["--data.family=omniglot"], "--data.family=omniglot: family='omniglot' needs root="),
-        ([LEAP + "        inner_steps: 5\n"], "trainer.callbacks[0].inner_steps=5: Leap: inner_steps=5 disagrees with"),
-        ([LEAP + "        meta_batch_size: 0\n"], "trainer.callbacks[0].meta_batch_size=0: meta_batch_size must be"),
+        (["--model.init_args.lr=-1"], "--model.init_args.lr=-1.0: ConvClassifier: lr must be > 0, got -1.0"),
+        (["--model.lr=0"], "--model.lr=0.0: ConvClassifier: lr must be > 0, got 0.0"),  # the key as written
+        (["--model.init_args.channels=0"], "--model.init_args.channels=0: ConvClassifier: channels must be >= 1"),
+        (["--model.init_args.momentum=-0.9"], "--model.init_args.momentum=-0.9: ConvClassifier: momentum must be >= 0"),
+        ([LEAP + "        meta_lr: -1\n"], "trainer.callbacks[0].meta_lr=-1.0: meta_lr must be > 0, got -1.0"),
+        (["--data.meta_batch_size=0"], "--data.meta_batch_size=0: TaskDataModule: meta_batch_size must be >= 1, got 0"),
+        (["--data.max_meta_steps=-1"], "--data.max_meta_steps=-1: TaskDataModule: max_meta_steps must be >= 0, got -1"),
         (
             [LEAP + "        guard:\n          class_path: lightning_meta.engine.RunawayGuard\n"
              "          init_args: {loss_ratio: 0.5}\n"],
@@ -263,7 +272,7 @@ def test_the_console_script_exits_1_with_one_line_and_keeps_the_checkpoints_of_a
     args = omniglot_quick(
         "--config", overlay(tmp_path, callbacks), f"--data.family.init_args.root={glyph_root}",
         "--data.family.init_args.num_train=4", "--data.inner_steps=2", "--data.meta_batch_size=2",
-        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--trainer.max_steps=100",
+        "--model.init_args.channels=8", "--model.init_args.lr=1e30", "--data.max_meta_steps=25", "--trainer.max_steps=-1",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
     )  # fmt: skip
     command = [str(Path(sys.executable).with_name("lightning-meta")), *args]
@@ -376,6 +385,37 @@ def test_load_from_checkpoint_through_the_library_names_the_file(kind, bad_check
     with pytest.raises(UnreadableCheckpoint, match=f"{bad_checkpoints[kind]} is not a readable checkpoint") as error:
         TinyClassifier.load_from_checkpoint(readable_checkpoint(bad_checkpoints[kind]))
     assert "weights_only" not in str(error.value)
+
+
+class NaNFromTask(TinyClassifier):
+    """Trains well until task ``task`` of the stream, whose loss and every later one's is NaN: theta_0 looks bad
+    only after meta-steps were taken."""
+
+    def __init__(self, task: int) -> None:
+        super().__init__()
+        self.task = task
+        self.poisoned = False
+
+    def start_task(self, task):  # TaskAware: the meta-learner says which task of the stream starts
+        self.poisoned = task.position is not None and task.position >= self.task
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.poisoned else loss
+
+
+def test_a_theta_0_that_went_bad_names_the_newest_checkpoint_before_it_though_more_were_saved(tmp_path):
+    """Issue 24's trial: checkpoints every 4 steps; meta-steps end at steps 6, 12, 18, then every task diverges
+    (tasks 6 on) and the run stops at step 36. A ModelCheckpoint without a monitor remembers only its last file (step
+    32); the error names the newest one saved before theta_0's last meta-step, step 16, which is on disk."""
+    torch.manual_seed(0)
+    saves = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
+    trainer, _, error = fit_recording_warnings(NaNFromTask(6), [Leap(), saves], enable_checkpointing=True)
+    assert error is not None and error.likely_cause == "meta_lr" and trainer.global_step == 36
+    assert "theta_0 went bad after 3 meta-steps" in str(error)
+    (sound,) = tmp_path.glob("*step=16.ckpt")
+    assert str(error).endswith(f"Lower meta_lr and resume from {sound} (its theta_0 and meta-optimizer are intact).")
+    assert len(list(tmp_path.glob("*.ckpt"))) == 8  # steps 4 ... 32, all kept: the stop comes before step 36's save
 
 
 # ----------------------------------------------------------------- DDP

@@ -20,17 +20,16 @@ from lightning_meta.tasks import TaskDataModule
 
 K, TASKS, META_BATCH, LR = 4, 4, 2, 0.5
 RULES = {
-    "leap": (lambda: LeapRule(p=1, loss=True), lambda: Leap(meta_batch_size=META_BATCH, meta_lr=0.3)),
-    "leap-energy": (lambda: LeapRule(p=2, loss=False), lambda: Leap(p=2, loss=False, meta_batch_size=META_BATCH, meta_lr=0.3)),
-    "reptile": (ReptileRule, lambda: Reptile(meta_batch_size=META_BATCH, meta_lr=0.3)),
+    "leap": (lambda: LeapRule(p=1, loss=True), lambda: Leap(meta_lr=0.3)),
+    "leap-energy": (lambda: LeapRule(p=2, loss=False), lambda: Leap(p=2, loss=False, meta_lr=0.3)),
+    "reptile": (ReptileRule, lambda: Reptile(meta_lr=0.3)),
 }
 
 
 def task_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """The first TASKS tasks of the stream the Trainer sees, K batches each."""
-    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=TASKS)
-    batches = [(b.inputs, b.targets) for b in data.train_dataloader()]
-    return [batches[t * K : (t + 1) * K] for t in range(TASKS)]
+    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8)
+    return [[tuple(batch) for batch in data.task_batches(position)] for position in range(TASKS)]
 
 
 def plain_loop(model: torch.nn.Module, meta: MetaLearner, tasks, backward=lambda loss: loss.backward()) -> None:
@@ -57,8 +56,8 @@ def test_trainer_fabric_and_plain_loop_learn_the_same_theta_0(name):
     tasks = task_batches()
 
     trainer_model = copy.deepcopy(start)
-    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=TASKS)
-    make_trainer([callback()], max_steps=TASKS * K).fit(trainer_model, datamodule=data)
+    data = TaskDataModule(ToyFamily(), inner_steps=K, meta_batch_size=META_BATCH, max_meta_steps=TASKS // META_BATCH, batch_size=8)
+    make_trainer([callback()], max_steps=-1).fit(trainer_model, datamodule=data)
 
     plain_model = copy.deepcopy(start)
     plain = MetaLearner(plain_model, rule(), meta_batch_size=META_BATCH, meta_lr=0.3)

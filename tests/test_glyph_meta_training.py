@@ -20,10 +20,11 @@ RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 
 def test_short_leap_meta_training_speeds_up_held_out_alphabets(glyph_root):
     torch.manual_seed(0)
-    data = TaskDataModule(GlyphAlphabets(root=glyph_root), inner_steps=10, batch_size=20, tasks_per_epoch=5)
+    family = GlyphAlphabets(root=glyph_root)
+    data = TaskDataModule(family, inner_steps=10, meta_batch_size=5, max_meta_steps=8, batch_size=20)
     evaluation = MetaEvaluation(split="test", max_tasks=5)
-    leap = Leap(meta_batch_size=5, meta_lr=0.1)
-    make_trainer([leap, evaluation], max_steps=10 * 5 * 8).fit(ConvClassifier(channels=32), datamodule=data)
+    leap = Leap(meta_lr=0.1)
+    make_trainer([leap, evaluation], max_steps=-1).fit(ConvClassifier(channels=32), datamodule=data)
     assert leap.meta_steps == 8
     initial, learned = evaluation.initial, evaluation.history[-1][1]
     # mean over the 5 held-out alphabets of the training loss after the last inner step, and of the whole curve
@@ -36,7 +37,7 @@ def test_every_method_config_runs_end_to_end(method, glyph_root, tmp_path):
     cli = main([
         "fit", "--config", str(RECIPES / f"{method}.yaml"), "--config", str(RECIPES / "quick.yaml"),
         f"--data.family.init_args.root={glyph_root}", "--data.family.init_args.num_train=3",
-        "--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=8",
+        "--data.inner_steps=2", "--data.meta_batch_size=2", f"--data.max_meta_steps={8 if 'maml' in method else 2}",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.init_args.channels=8", "--trainer.enable_progress_bar=false",
         *(["--model.init_args.num_heads=3"] if method == "finetune" else []),
@@ -70,8 +71,9 @@ def test_configs_follow_the_authors_omniglot_protocol(method):
     assert (augment.translate, augment.scale) == AUTHORS["augmentation"][1:]
     assert (model.hparams.channels, model.hparams.blocks) == (AUTHORS["channels"], AUTHORS["blocks"])
     meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)
+    assert data.max_meta_steps == AUTHORS["meta_steps"] and trainer.max_steps == -1  # the data module stops fit
     if method in ("leap", "reptile", "finetune"):  # one optimizer step is one inner step of one task
-        assert trainer.max_steps / (data.inner_steps * data.meta_batch_size) == AUTHORS["meta_steps"]
+        assert data.optimizer_steps(AUTHORS["meta_steps"]) == AUTHORS["meta_steps"] * 20 * 100
         assert model.hparams.lr == AUTHORS["inner_lr"]
     if meta is not None:
         assert (meta.meta_lr, meta.meta_optimizer) == (AUTHORS["meta_lr"][method], "SGD")
@@ -82,7 +84,7 @@ def test_configs_follow_the_authors_omniglot_protocol(method):
         assert trainer.limit_train_batches == 0 and meta is None
     if method in ("fomaml", "maml"):  # one training step is one meta-step
         assert isinstance(model, MAMLClassifier) and isinstance(data, EpisodeDataModule)
-        assert trainer.max_steps == AUTHORS["meta_steps"]
+        assert data.optimizer_steps(AUTHORS["meta_steps"]) == AUTHORS["meta_steps"]
         settings = model.maml
         assert (model.hparams.lr, settings.inner_lr) == (AUTHORS["meta_lr"][method], AUTHORS["inner_lr"])
         assert settings.first_order == (method == "fomaml")

@@ -11,7 +11,7 @@ from helpers import TinyClassifier, ToyFamily
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.meta_evaluation import adapt
 from lightning_meta.tasks import ImageTensorDataset, Task
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 
 
 def test_validation_split_takes_a_seeded_share_of_every_class():
@@ -72,11 +72,12 @@ def test_without_early_stopping_every_task_trains_all_steps_with_its_lr_schedule
     assert curves.steps.tolist() == [6]
     reference = TinyClassifier()
     reference.load_state_dict(state)
-    sampler, dataset = TaskBatchSampler([len(task.train)], 8, 6, 1, seed=3), TaskStreamDataset([task])
+    sampler = TaskBatchSampler(lambda _: len(task.train), 1, 8, 6, 1, seed=3)
+    dataset = TaskStreamDataset(lambda _: task)
     losses = []
     for step, keys in enumerate(sampler):
-        batch = collate_task_batch([dataset[key] for key in keys])
-        loss = F.cross_entropy(reference(batch.inputs), batch.targets)
+        x, y = TaskCollate()([dataset[key] for key in keys])
+        loss = F.cross_entropy(reference(x), y)
         losses.append(loss.detach())
         reference.zero_grad()
         loss.backward()

@@ -49,7 +49,7 @@ def reference_leap(model, batches, lr, p, use_loss, stabilizer, final_batch=None
 
 
 def task_batches(data, task, steps):
-    batches = [(b.inputs, b.targets) for b in itertools.islice(data.train_dataloader(), task * steps, (task + 1) * steps)]
+    batches = [tuple(b) for b in itertools.islice(data.train_dataloader(), task * steps, (task + 1) * steps)]
     assert len(batches) == steps
     return batches
 
@@ -58,12 +58,12 @@ def task_batches(data, task, steps):
 def test_meta_gradient_matches_formula(p, use_loss, stabilizer):
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.5)
-    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=2)
+    data = TaskDataModule(ToyFamily(), inner_steps=K, meta_batch_size=2, batch_size=8)
     data.setup("fit")
     expected = [reference_leap(model, task_batches(data, t, K), 0.5, p, use_loss, stabilizer)[0] for t in range(2)]
     theta_0 = flat(model.parameters()).double()
 
-    leap = Leap(p=p, loss=use_loss, stabilizer=stabilizer, meta_batch_size=2, meta_lr=1.0)
+    leap = Leap(p=p, loss=use_loss, stabilizer=stabilizer, meta_lr=1.0)
     make_trainer([leap], max_steps=2 * K).fit(model, datamodule=data)
 
     meta_gradient = theta_0 - flat(model.parameters()).double()  # SGD with lr 1 on the mean meta-gradient
@@ -92,11 +92,11 @@ def test_norm_is_the_reference_name_for_p():
 def test_reptile_update_on_two_tasks():
     torch.manual_seed(2)
     model = TinyClassifier(lr=0.5)
-    data = TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=2)
+    data = TaskDataModule(ToyFamily(), inner_steps=K, meta_batch_size=2, batch_size=8)
     data.setup("fit")
     ends = [reference_leap(model, task_batches(data, t, K), 0.5, 1, True, True)[1] for t in range(2)]
     theta_0 = flat(model.parameters()).double()
-    make_trainer([Reptile(meta_batch_size=2, meta_lr=0.3)], max_steps=2 * K).fit(model, datamodule=data)
+    make_trainer([Reptile(meta_lr=0.3)], max_steps=2 * K).fit(model, datamodule=data)
     torch.testing.assert_close(flat(model.parameters()).double(), theta_0 + 0.3 * (ends[0] + ends[1]) / 2, rtol=1e-4, atol=1e-6)
 
 

@@ -14,21 +14,21 @@ from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks.held_out import one_optimizer
 from lightning_meta.metrics import curve_auc
 from lightning_meta.tasks import TaskDataModule
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 
 K = 5
 
 
-def toy_data():
-    return TaskDataModule(ToyFamily(), inner_steps=K, batch_size=8, tasks_per_epoch=2)
+def toy_data(meta_batch_size=None):
+    return TaskDataModule(ToyFamily(), inner_steps=K, meta_batch_size=meta_batch_size, batch_size=8, tasks_per_epoch=2)
 
 
 def test_training_is_identical_with_and_without_evaluation():
     results = []
-    for callbacks in ([Leap(meta_batch_size=2)], [Leap(meta_batch_size=2), MetaEvaluation(every_n_meta_steps=1)]):
+    for callbacks in ([Leap()], [Leap(), MetaEvaluation(every_n_meta_steps=1)]):
         torch.manual_seed(0)
         model = TinyClassifier()
-        make_trainer(callbacks, max_steps=6 * K).fit(model, datamodule=toy_data())
+        make_trainer(callbacks, max_steps=6 * K).fit(model, datamodule=toy_data(meta_batch_size=2))
         results.append((flat(model.parameters()), torch.rand(3)))
     assert torch.equal(results[0][0], results[1][0])  # same theta_0
     assert torch.equal(results[0][1], results[1][1])  # same global RNG stream afterwards
@@ -38,18 +38,18 @@ def test_curves_with_zero_learning_rate_are_the_init_losses_on_each_batch():
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0)
     evaluation = MetaEvaluation(split="test", baseline=False, seed=7)
-    make_trainer([Leap(meta_batch_size=1), evaluation], max_steps=K).fit(model, datamodule=toy_data())
+    make_trainer([Leap(), evaluation], max_steps=K).fit(model, datamodule=toy_data(meta_batch_size=1))
     (step, curves), = evaluation.history
     task = ToyFamily().tasks("test")[0]
-    sampler = TaskBatchSampler([len(task.train)], 8, K, 1, seed=7)
-    dataset = TaskStreamDataset([task])
+    sampler = TaskBatchSampler(lambda _: len(task.train), 1, 8, K, 1, seed=7)
+    dataset = TaskStreamDataset(lambda _: task)
     expected_loss, expected_error = [], []
     with torch.no_grad():
         for keys in sampler:
-            batch = collate_task_batch([dataset[key] for key in keys])
-            logits = model(batch.inputs)  # lr 0: theta_0 never moved and the module holds it after fit
-            expected_loss.append(F.cross_entropy(logits, batch.targets))
-            expected_error.append((logits.argmax(1) != batch.targets).float().mean())
+            x, y = TaskCollate()([dataset[key] for key in keys])
+            logits = model(x)  # lr 0: theta_0 never moved and the module holds it after fit
+            expected_loss.append(F.cross_entropy(logits, y))
+            expected_error.append((logits.argmax(1) != y).float().mean())
         accuracy = (model(task.test.images.float() / 255).argmax(1) == task.test.labels).float().mean()  # no BatchNorm
     assert step == 1 and curves.loss.shape == (1, K)
     torch.testing.assert_close(curves.loss[0], torch.stack(expected_loss))
@@ -61,7 +61,7 @@ def test_logs_summaries_and_writes_the_figure(tmp_path):
     torch.manual_seed(0)
     evaluation = MetaEvaluation(every_n_meta_steps=2)
     logger = CSVLogger(tmp_path)
-    make_trainer([Leap(meta_batch_size=2), evaluation], max_steps=4 * K, logger=logger).fit(TinyClassifier(), datamodule=toy_data())
+    make_trainer([Leap(), evaluation], max_steps=4 * K, logger=logger).fit(TinyClassifier(), datamodule=toy_data(2))
     assert [step for step, _ in evaluation.history] == [2]
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     logged = [float(r["meta_eval/test/meta_init/train_loss_auc"]) for r in rows if r.get("meta_eval/test/meta_init/train_loss_auc")]
@@ -97,7 +97,7 @@ def test_held_out_accuracy_uses_batch_statistics_or_eval_mode():
 def test_running_statistics_are_the_training_steps_and_final_error_is_on_all_training_images():
     """Eval-mode accuracy uses the running statistics the task's steps left (scoring with batch statistics before it
     must not move them); the final training error is the error on all the task's training images after training."""
-    from lightning_meta.callbacks.meta_evaluation import _accuracy, adapt
+    from lightning_meta.callbacks.meta_evaluation import Scoring, _OutputHook, adapt
 
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0, batch_norm=True)  # weights stay put; BatchNorm's running statistics move
@@ -106,11 +106,11 @@ def test_running_statistics_are_the_training_steps_and_final_error_is_on_all_tra
     reference = TinyClassifier(lr=0.0, batch_norm=True)
     reference.load_state_dict(state)
     reference.train()
-    dataset = TaskStreamDataset([task])
+    dataset = TaskStreamDataset(lambda _: task)
     images, labels = task.test.images.float() / 255, task.test.labels
     with torch.no_grad():
-        for keys in TaskBatchSampler([len(task.train)], 8, 3, 1, seed=5):  # the 3 steps' batches update the statistics
-            reference(collate_task_batch([dataset[key] for key in keys]).inputs)
+        for keys in TaskBatchSampler(lambda _: len(task.train), 1, 8, 3, 1, seed=5):  # the 3 steps move the statistics
+            reference(TaskCollate()([dataset[key] for key in keys])[0])
         running = reference.eval()(images).argmax(1).eq(labels).float().mean()
         batch = reference.train()(images).argmax(1).eq(labels).float().mean()
     for batch_statistics in (True, False):
@@ -120,7 +120,7 @@ def test_running_statistics_are_the_training_steps_and_final_error_is_on_all_tra
         trained_on = batch if batch_statistics else running  # ToyFamily trains and tests on the same images
         assert curves.summary()["final_train_error"] == pytest.approx(1 - float(trained_on))
     buffers = [b.clone() for b in reference.buffers()]
-    _accuracy(reference, task.test, torch.device("cpu"), batch_statistics=True)  # e.g. early stopping's checks
+    Scoring().score(reference, task.test, torch.device("cpu"), True, _OutputHook(reference))  # e.g. early stopping
     assert all(torch.equal(a, b) for a, b in zip(buffers, reference.buffers()))
 
 
@@ -134,7 +134,7 @@ def test_a_data_module_without_held_out_tasks_is_named_with_what_it_lacks():
         def train_dataloader(self):
             return toy_data().train_dataloader()
 
-    with pytest.raises(MisconfigurationException, match=r"needs Partial to have batch_size \(HeldOutTasks"):
+    with pytest.raises(MisconfigurationException, match=r"needs Partial to have batch_size, collate_fn \(HeldOutTasks"):
         make_trainer([MetaEvaluation()], max_steps=1).fit(TinyClassifier(), datamodule=Partial())
 
 

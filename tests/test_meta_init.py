@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap, Reptile
-from lightning_meta.tasks import TaskBatch, TaskDataModule
+from lightning_meta.tasks import TaskDataModule
 
 K = 4
 
@@ -59,10 +59,10 @@ def test_each_task_starts_with_fresh_adam_and_schedule():
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.05, optimizer="adam", step_lr=True)
     theta_0_state = {k: v.clone() for k, v in model.state_dict().items()}
-    data = toy_data()
-    batches = [(b.inputs, b.targets) for b in data.train_dataloader()]
+    data = toy_data(meta_batch_size=3)
+    batches = [tuple(b) for b in data.train_dataloader()]
     probe = TaskEndProbe(K)
-    make_trainer([Reptile(meta_batch_size=3), probe], max_steps=3 * K).fit(model, datamodule=data)
+    make_trainer([Reptile(), probe], max_steps=3 * K).fit(model, datamodule=data)
     assert [len(state) for state in probe.start_states] == [0, 0, 0]  # Adam moments and step counts gone
     for task in range(3):
         expected = plain_adam_with_step_lr(model, batches[task * K : (task + 1) * K], 0.05)
@@ -74,7 +74,7 @@ def test_buffers_reset_at_every_task_start_by_default():
     model = TinyClassifier(batch_norm=True)
     initial = [b.clone() for b in model.buffers()]
     probe = TaskEndProbe(K)
-    make_trainer([Leap(meta_batch_size=2), probe], max_steps=3 * K).fit(model, datamodule=toy_data())
+    make_trainer([Leap(), probe], max_steps=3 * K).fit(model, datamodule=toy_data(meta_batch_size=2))
     for buffers in probe.start_buffers:
         for buffer, start in zip(buffers, initial):
             assert torch.equal(buffer, start)
@@ -87,9 +87,9 @@ def test_include_filter_meta_learns_only_the_matching_tensors():
     torch.manual_seed(0)
     model = TinyClassifier()
     head_before = model.net[3].weight.detach().clone()
-    leap = Leap(include=r"^net\.1\.", meta_batch_size=1)
+    leap = Leap(include=r"^net\.1\.")
     probe = TaskEndProbe(K)
-    make_trainer([leap, probe], max_steps=2 * K).fit(model, datamodule=toy_data())
+    make_trainer([leap, probe], max_steps=2 * K).fit(model, datamodule=toy_data(meta_batch_size=1))
     assert leap.names == ["net.1.weight", "net.1.bias"]
     # the head is not reset between tasks: it carries its trained value, never the value it started with
     assert not torch.equal(model.net[3].weight, head_before)
@@ -104,7 +104,7 @@ def test_gradient_accumulation_acts_once_per_optimizer_step():
     data = toy_data(tasks_per_epoch=1, inner_steps=3)
     trainer = make_trainer([Leap(meta_lr=1.0)], max_steps=3, accumulate_grad_batches=2)
     data.trainer = trainer  # under accumulation the data module streams inner_steps x 2 batches per task
-    micro = [(b.inputs, b.targets) for b in data.train_dataloader()]
+    micro = [tuple(b) for b in data.train_dataloader()]
     data.trainer = None
     assert len(micro) == 6
     # two equal micro-batches per step are one batch of 16: mean loss, mean gradient; f_K on the last micro-batch
@@ -120,14 +120,15 @@ def test_diverged_task_is_dropped_and_theta_0_stays_finite():
     class Diverges(TinyClassifier):
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
-            return loss * float("nan") if batch.task == 1 and batch_idx % K == 2 else loss
+            task = self.trainer.datamodule.current_task().position  # the schedule says, not the batch
+            return loss * float("nan") if task == 1 and batch_idx % K == 2 else loss
 
     torch.manual_seed(0)
     model = Diverges()
     theta_0 = flat(model.parameters())
     probe = TaskEndProbe(K)
     with pytest.warns(UserWarning, match="task 1 diverged"):
-        make_trainer([Reptile(meta_batch_size=2, meta_lr=0.5), probe], max_steps=2 * K).fit(model, datamodule=toy_data())
+        make_trainer([Reptile(meta_lr=0.5), probe], max_steps=2 * K).fit(model, datamodule=toy_data(meta_batch_size=2))
     assert torch.isfinite(flat(model.parameters())).all()
     torch.testing.assert_close(flat(model.parameters()), theta_0 + 0.5 * (probe.ends[0] - theta_0))
 
@@ -137,9 +138,9 @@ def test_resume_mid_meta_batch_is_bit_exact(tmp_path, rule):
     def run(max_steps, ckpt_path=None, callbacks=()):
         torch.manual_seed(0)
         model = TinyClassifier(lr=0.05, optimizer="adam", batch_norm=True)
-        meta = rule(meta_batch_size=2, meta_optimizer="Adam", meta_lr=0.01)
+        meta = rule(meta_optimizer="Adam", meta_lr=0.01)
         trainer = make_trainer([meta, *callbacks], max_steps=max_steps, enable_checkpointing=bool(callbacks))
-        trainer.fit(model, datamodule=toy_data(tasks_per_epoch=2), ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=toy_data(tasks_per_epoch=2, meta_batch_size=2), ckpt_path=ckpt_path)
         return model, meta
 
     uninterrupted, meta = run(5 * K)
@@ -152,19 +153,15 @@ def test_resume_mid_meta_batch_is_bit_exact(tmp_path, rule):
     assert meta.meta_steps == meta_resumed.meta_steps == 2
     for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
-    del state["callbacks"][next(iter(state["callbacks"]))]["schedule"]  # as in a checkpoint of version 0.1.0
-    torch.save(state, tmp_path / "v0.1.0.ckpt")
-    old, _ = run(5 * K, ckpt_path=tmp_path / "v0.1.0.ckpt")
-    for a, b in zip(uninterrupted.state_dict().values(), old.state_dict().values()):
-        assert torch.equal(a, b)
 
 
 def test_checkpoint_weights_are_theta_0(tmp_path):
     torch.manual_seed(0)
     model = TinyClassifier()
-    leap = Leap(meta_batch_size=1)
+    leap = Leap()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=K + 1, save_top_k=-1)
-    make_trainer([leap, checkpoint], max_steps=K + 1, enable_checkpointing=True).fit(model, datamodule=toy_data())
+    data = toy_data(meta_batch_size=1)
+    make_trainer([leap, checkpoint], max_steps=K + 1, enable_checkpointing=True).fit(model, datamodule=data)
     state = torch.load(tmp_path / f"epoch=0-step={K + 1}.ckpt", weights_only=False)["state_dict"]
     torch.testing.assert_close(flat(state[n] for n in leap.names), flat(leap.theta_0))
     restored = TinyClassifier()
@@ -196,18 +193,11 @@ def test_leap_memory_does_not_grow_with_inner_steps():
     for steps in (10, 500):
         torch.manual_seed(0)
         probe = PeakProbe()
-        data = toy_data(tasks_per_epoch=1, inner_steps=steps)
-        make_trainer([Leap(meta_batch_size=1), probe], max_steps=steps).fit(TinyClassifier(), datamodule=data)
+        data = toy_data(tasks_per_epoch=1, inner_steps=steps, meta_batch_size=1)
+        make_trainer([Leap(), probe], max_steps=steps).fit(TinyClassifier(), datamodule=data)
         peaks[steps] = probe.peak
     parameter_bytes = sum(p.numel() * 4 for p in TinyClassifier().parameters())
     assert abs(peaks[500] - peaks[10]) <= parameter_bytes, peaks
-
-
-def test_batch_from_another_task_is_an_error():
-    batches = [TaskBatch(torch.rand(4, 1, 4, 4), torch.randint(0, 3, (4,)), task=i // 2, task_name="t") for i in range(8)]
-    loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    with pytest.raises(RuntimeError, match="disagree on where tasks end"):
-        make_trainer([Leap(inner_steps=3)], max_steps=8).fit(TinyClassifier(), train_dataloaders=loader)
 
 
 class Manual(TinyClassifier):
@@ -225,7 +215,6 @@ class TwoOptimizers(TinyClassifier):
     "model,callback,data,message",
     [
         (TinyClassifier, lambda: Leap(include="decoder"), toy_data, "matched no trainable parameter"),
-        (TinyClassifier, lambda: Leap(inner_steps=3), toy_data, "disagrees with TaskDataModule"),
         (Manual, lambda: Reptile(), toy_data, "manual"),
         (TwoOptimizers, lambda: Reptile(), toy_data, "multiple optimizers is only supported with manual"),
     ],
@@ -238,8 +227,8 @@ def test_misconfiguration_fails_with_a_message(model, callback, data, message):
 
 def test_unsupported_strategy_fails_at_setup():
     trainer = SimpleNamespace(strategy=object(), datamodule=None)
-    with pytest.raises(MisconfigurationException, match="supports a single device and DDP"):
-        Leap(inner_steps=2).setup(trainer, TinyClassifier(), "fit")
+    with pytest.raises(MisconfigurationException, match="supports a single device, DDP .* and ModelParallelStrategy"):
+        Leap().setup(trainer, TinyClassifier(), "fit")
 
 
 def test_ddp_without_use_distributed_sampler_false_is_named():
@@ -249,13 +238,15 @@ def test_ddp_without_use_distributed_sampler_false_is_named():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="inner_steps must be >= 1"):
-        Leap(inner_steps=0)
+    with pytest.raises(ValueError, match="TaskDataModule: inner_steps must be >= 1, got 0"):
+        TaskDataModule(ToyFamily(), inner_steps=0)
+    with pytest.raises(TypeError, match=r"Leap\(meta_batch_size=5\): the task schedule belongs to the data module"):
+        Leap(meta_batch_size=5)
     with pytest.raises(ValueError, match="meta_optimizer must name"):
         Reptile(meta_optimizer="NoSuchOptimizer")
     with pytest.raises(ValueError, match="buffers"):
         Reptile(buffers="average")
-    with pytest.raises(MisconfigurationException, match="needs to know where tasks end"):
+    with pytest.raises(MisconfigurationException, match="trains a stream of tasks: fit with a task data module"):
         loader = torch.utils.data.DataLoader([(torch.rand(1, 4, 4), 0)] * 4, batch_size=2)
         make_trainer([Leap()], max_steps=2).fit(TinyClassifier(), train_dataloaders=loader)
 
@@ -264,6 +255,7 @@ def test_bf16_mixed_precision_trains_theta_0():
     torch.manual_seed(0)
     model = TinyClassifier()
     theta_0 = flat(model.parameters())
-    make_trainer([Leap(meta_batch_size=2)], max_steps=2 * K, precision="bf16-mixed").fit(model, datamodule=toy_data())
+    data = toy_data(meta_batch_size=2)
+    make_trainer([Leap()], max_steps=2 * K, precision="bf16-mixed").fit(model, datamodule=data)
     moved = flat(model.parameters()) - theta_0
     assert torch.isfinite(moved).all() and moved.norm() > 0

@@ -19,9 +19,10 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 LOGGING = "--trainer.log_every_n_steps=1"  # tiny epochs are shorter than the recipes' logging intervals
-OMNIGLOT = ["--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=4", "--model.init_args.channels=8"]
+OMNIGLOT = ["--data.inner_steps=2", "--data.meta_batch_size=2", "--data.max_meta_steps=2", "--model.init_args.channels=8"]
 ATARI = [
-    "--trainer.max_steps=4", "--data.init_args.inner_steps=2", "--data.init_args.num_envs=2",
+    "--data.init_args.max_meta_steps=1", "--data.init_args.inner_steps=2", "--data.init_args.meta_batch_size=2",
+    "--data.init_args.num_envs=2",
     "--data.init_args.max_episode_steps=10", "--trainer.callbacks.init_args.env_steps=40",
     "--trainer.callbacks.init_args.seeds=[0]", "--trainer.callbacks.init_args.points=2",
 ]  # fmt: skip

@@ -10,23 +10,27 @@ import yaml
 from lightning_meta.callbacks.held_out import HeldOutTraining, one_optimizer
 from lightning_meta.metrics import LearningCurveAUC
 from lightning_meta.recipes import DatasetClassifier, MultiHeadClassifier
-from lightning_meta.tasks import TaskBatch
+from lightning_meta.tasks import Task, TaskInfo
 
 
 def test_multi_head_routes_meta_training_batches_to_their_head_and_new_tasks_to_the_fresh_one():
     torch.manual_seed(0)
     model = MultiHeadClassifier(num_heads=3, channels=8)
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 20, (4,))
-    model.training_step(TaskBatch(x, y, task=7, task_name="any", split_index=1), 0).backward()
+    task = Task("any", [], [], num_classes=20)
+    model.start_task(TaskInfo(task, "train", index=1, position=7))  # what the data module says of the step
+    model.training_step((x, y), 0).backward()
     touched = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert {"heads.1.weight", "heads.1.bias"} <= touched
     assert not any(name.startswith(("heads.0", "heads.2", "head.")) for name in touched)
     model.zero_grad(set_to_none=True)
-    model.training_step((x, y), 0).backward()  # a held-out task: plain (x, y)
+    model.start_task(TaskInfo(task, "test", index=1))  # a held-out task: the fresh head
+    model.training_step((x, y), 0).backward()
     touched = {name for name, p in model.named_parameters() if p.grad is not None}
     assert "head.weight" in touched and not any(name.startswith("heads.") for name in touched)
     with pytest.raises(IndexError, match="num_heads=3"):
-        model.training_step(TaskBatch(x, y, task=0, task_name="any", split_index=3), 0)
+        model.start_task(TaskInfo(task, "train", index=3, position=0))
+        model.training_step((x, y), 0)
 
 
 def fine_tuning(cls, **kwargs):
@@ -42,7 +46,7 @@ def test_fine_tuning_pre_trains_at_pretrain_lr_and_held_out_tasks_train_at_lr(cl
     optimizer, schedulers = one_optimizer(model.configure_optimizers())  # what the Trainer steps in fit
     assert optimizer.param_groups[0]["lr"] == 0.3
     with HeldOutTraining(model, torch.device("cpu")) as run:
-        run.start(model.state_dict(), seed=0, num_classes=5)
+        run.start(model.state_dict(), seed=0, task=TaskInfo(Task("held out", [], [], num_classes=5), "test", 0))
         assert run.optimizer.param_groups[0]["lr"] == 0.1
         assert len(run.schedulers) == len(schedulers)  # DatasetClassifier's cosine schedule on held-out tasks too
     default, _ = one_optimizer(fine_tuning(cls, lr=0.2).configure_optimizers())

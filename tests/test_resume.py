@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyClassifier, ToyFamily, flat, make_trainer
+from helpers import TinyClassifier, ToyFamily, flat, identical, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_ddp import run
 
@@ -47,8 +47,8 @@ def test_kill_9_mid_meta_batch_then_resume_logs_what_the_uninterrupted_run_logs(
         *([1] if every else []), *([2, 3, 4] if every else [4])
     ]
     for (_, a), (_, b) in zip(resumed["history"], straight["history"]):
-        assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
-    assert all(torch.equal(x, y) for x, y in zip(vars(resumed["initial"]).values(), vars(straight["initial"]).values()))
+        assert identical(vars(a), vars(b))
+    assert identical(vars(resumed["initial"]), vars(straight["initial"]))
 
     logged, resumed_logs = logged_evaluations(tmp_path / "straight"), logged_evaluations(tmp_path / "resumed")
     assert sorted(logged) == ([6, 12, 18, 24] if every else [24])
@@ -62,9 +62,9 @@ def test_kill_9_mid_meta_batch_then_resume_logs_what_the_uninterrupted_run_logs(
 def test_final_theta_0_is_on_disk_whatever_the_checkpoint_interval(tmp_path):
     torch.manual_seed(0)
     model = TinyClassifier()
-    leap = Leap(meta_batch_size=2)
+    leap = Leap()
     periodic = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=7, save_top_k=-1, save_last=True)
-    data = TaskDataModule(ToyFamily(), inner_steps=4, batch_size=8, tasks_per_epoch=2)
+    data = TaskDataModule(ToyFamily(), inner_steps=4, meta_batch_size=2, batch_size=8)
     trainer = make_trainer([leap, periodic], max_steps=20, enable_checkpointing=True)  # 20 is no multiple of 7
     trainer.fit(model, datamodule=data)
     at_end = flat(model.parameters())

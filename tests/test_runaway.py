@@ -140,7 +140,7 @@ def test_the_guard_state_resumes_exactly():
     straight.add_task([torch.tensor([2.0, 0.0])])  # half of the next meta-batch
     resumed = state()
     resumed.load_state_dict(deepcopy(straight.state_dict()))
-    expected = {"norms": [2.0], "meta_steps": 1, "norm_sum": 2.0, "failures": []}
+    expected = {"norms": [2.0], "meta_steps": 1, "norm_sum": 2.0, "failures": [], "start_tasks": [2, 2]}  # 2 of 2 kept
     assert resumed.guard.state_dict() == straight.guard.state_dict() == expected
     for run in (straight, resumed):  # norm 4.5 > norm_ratio 2 x the typical 2: dropped by both
         assert not run.add_task([torch.tensor([4.5, 0.0])])
@@ -163,3 +163,36 @@ def test_guard_off_keeps_only_the_finiteness_check():
     state.step()
     assert state.meta_steps == 1 and state.theta_0[0][0].item() == pytest.approx(1 - 1e14)
     assert not state.add_task([torch.tensor([float("nan"), 0.0])])
+
+
+def nan_tasks(state: MetaState, finite: int, tasks: int = 5) -> None:
+    """Hand in a meta-batch of ``tasks`` tasks, the first ``finite`` of them with a finite meta-gradient."""
+    for index in range(tasks):
+        state.add_task([torch.full((2,), 1.0 if index < finite else float("nan"))])
+
+
+@pytest.mark.parametrize(
+    ("first_kept", "cause", "says"),
+    [
+        (1, "inner_lr", "the starting weights already diverge with this inner learning rate (4 of the 5 tasks trained "
+                        "from them, before any meta-step, were dropped): the inner learning rate"),
+        (4, "meta_lr", "theta_0 went bad after 1 meta-step (the tasks trained from the initial weights did not "
+                       "diverge): the meta learning rate (meta_lr) is likely too high"),
+    ],
+    ids=["starting-weights-diverge", "theta-0-went-bad"],
+)
+def test_the_stop_tells_starting_weights_that_diverge_from_a_theta_0_gone_bad(first_kept, cause, says):
+    """Issue 24's trial at inner lr 50: 4 of the first 5 tasks diverge from the starting weights, one meta-step is
+    taken with the fifth, then every task diverges: the inner learning rate, not meta_lr. With 1 of 5 dropped at the
+    start, the same later failure is theta_0's."""
+    state = MetaState([torch.zeros(2)], meta_batch_size=5)
+    nan_tasks(state, first_kept)
+    state.step()  # one meta-step, with the kept tasks
+    for _ in range(2):
+        nan_tasks(state, 0)
+        state.step()
+    nan_tasks(state, 0)
+    with pytest.raises(MetaTrainingDiverged) as stopped:
+        state.step()  # the third meta-batch in a row with every task dropped
+    assert stopped.value.likely_cause == cause and stopped.value.theta_0_suspect == (cause == "meta_lr")
+    assert says in str(stopped.value)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-TINY = ["--data.inner_steps=2", "--data.meta_batch_size=2", "--trainer.max_steps=4", "--model.init_args.channels=8"]
+TINY = ["--data.inner_steps=2", "--data.meta_batch_size=2", "--data.max_meta_steps=1", "--model.init_args.channels=8"]
 
 
 def sweep_command(out, glyph_root, *options):

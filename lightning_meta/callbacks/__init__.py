@@ -1,4 +1,5 @@
-"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, summary."""
+"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, summary;
+and the checkpoint saved when a run is asked to stop."""
 
 from lightning_meta.callbacks.atari_evaluation import AtariEvaluation
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
@@ -7,10 +8,12 @@ from lightning_meta.callbacks.meta_evaluation import MetaEvaluation
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import MetaProgressBar
 from lightning_meta.callbacks.reptile import Reptile
+from lightning_meta.callbacks.signal_checkpoint import CheckpointOnSignal
 from lightning_meta.callbacks.summary import RunSummary
 
 __all__ = [
     "AtariEvaluation",
+    "CheckpointOnSignal",
     "HeldOutEarlyStopping",
     "Leap",
     "MetaEvaluation",

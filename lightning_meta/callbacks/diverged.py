@@ -2,9 +2,11 @@
 
 When the engine raises :class:`~lightning_meta.engine.MetaTrainingDiverged` (or ``MetaEvaluation`` finds theta_0
 worse than where the run started), fit stops with that error: no ``final.ckpt`` is written, every checkpoint saved
-so far stays as it was, the module holds the last good theta_0, and the message ends with the newest checkpoint of
-the Trainer's ``ModelCheckpoint`` callbacks (or the one the run was resumed from), whose theta_0 and meta-optimizer
-are intact. The command line prints it in one line and exits with status 1.
+so far stays as it was, the module holds the last good theta_0, and the message ends with the newest checkpoint the
+run saved (or the one it was resumed from), whose theta_0 and meta-optimizer are intact: among those its
+``ModelCheckpoint`` callbacks still know and every one the Trainer's
+:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO` wrote that is still on disk (a ``ModelCheckpoint`` without
+a monitor only remembers its last file). The command line prints it in one line and exits with status 1.
 
 Examples:
     >>> import lightning as L
@@ -26,9 +28,9 @@ from lightning_meta.engine import MetaTrainingDiverged
 
 
 def latest_checkpoint(trainer: L.Trainer, saved_by: int | None = None) -> Path | None:
-    """The newest checkpoint file that the Trainer's ``ModelCheckpoint`` callbacks saved (or that the run was resumed
-    from), of those saved by global step ``saved_by`` if given; ``None`` if there is none."""
-    paths = [trainer.ckpt_path]
+    """The newest checkpoint file that the run saved (or that it was resumed from; see the module docstring), of those
+    saved by global step ``saved_by`` if given; ``None`` if there is none."""
+    paths = [trainer.ckpt_path, *getattr(trainer.strategy.checkpoint_io, "written", [])]
     for callback in trainer.checkpoint_callbacks:
         paths += [getattr(callback, "last_model_path", None), getattr(callback, "best_model_path", None)]
         paths += list(getattr(callback, "best_k_models", {}))

@@ -38,7 +38,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_meta.protocols import InnerOptimizer, TaskHead, implements
+from lightning_meta.protocols import InnerOptimizer, TaskAware, implements
+from lightning_meta.tasks.family import TaskInfo
 from lightning_meta.utils import muted_logging, training_loss
 
 
@@ -90,13 +91,13 @@ class HeldOutTraining:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def start(self, state: dict[str, Tensor], seed: int, num_classes: int | None = None) -> None:
-        """A new task: seed the RNG, load ``state``, draw the task's head (a
-        :class:`~lightning_meta.protocols.TaskHead` module, given ``num_classes``) and make a fresh optimizer."""
+    def start(self, state: dict[str, Tensor], seed: int, task: TaskInfo | None = None) -> None:
+        """A new task: seed the RNG, load ``state``, tell a :class:`~lightning_meta.protocols.TaskAware` model which
+        ``task`` starts (e.g. to draw its head) and make a fresh optimizer."""
         torch.manual_seed(seed)
         self.model.load_state_dict(state)
-        if num_classes is not None and implements(self.model, TaskHead, "held-out training"):
-            self.model.start_task(num_classes)
+        if task is not None and implements(self.model, TaskAware, "held-out training"):
+            self.model.start_task(task)
         self.model.train()
         if implements(self.model, InnerOptimizer, "held-out training"):
             self.optimizer, self.schedulers = one_optimizer(self.model.configure_inner_optimizer())

@@ -4,8 +4,9 @@
 Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap
-    >>> leap = Leap(inner_steps=100, meta_batch_size=20, meta_lr=0.1)
-    >>> trainer = L.Trainer(callbacks=[leap], max_steps=100 * 20 * 10, logger=False, enable_checkpointing=False)
+    >>> from lightning_meta.tasks import TaskDataModule
+    >>> tasks = TaskDataModule("glyphs", inner_steps=100, meta_batch_size=20, max_meta_steps=10)  # the schedule
+    >>> trainer = L.Trainer(callbacks=[Leap(meta_lr=0.1)], logger=False, enable_checkpointing=False)
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class Leap(MetaInit):
         stabilizer: replace df_i by -|df_i|, which keeps the meta-gradient from pulling towards loss increases.
         norm: the reference code's name for the choice of ``p``: ``True`` is ``p=1``, ``False`` is ``p=2``;
             leave it ``None`` and set ``p``.
-        **kwargs: the :class:`~lightning_meta.callbacks.MetaInit` arguments (``inner_steps``, ``meta_batch_size``,
-            ``meta_lr``, ``meta_optimizer``, ``include``, ``buffers``, ...).
+        **kwargs: the :class:`~lightning_meta.callbacks.MetaInit` arguments (``meta_lr``, ``meta_optimizer``,
+            ``include``, ``buffers``, ``guard``, ...); the task schedule is the data module's.
     """
 
     def __init__(

@@ -3,15 +3,20 @@
 Every ``every_n_meta_steps`` meta-steps and at the end of fit, a copy of the module starts from theta_0 (read from
 the :class:`~lightning_meta.callbacks.MetaInit` callback of the Trainer, or the module's own weights when there is
 none) and trains on each held-out task for ``inner_steps`` steps with the module's own ``configure_optimizers`` (or
-``configure_inner_optimizer``, where a MAML module has one) and ``training_step``. It records the training loss and
-error of every step and the final accuracy on the task's held-out images and on its training images, logs their
-means and learning-curve AUCs, and draws the mean curves next to those of the weights the run started from. The
-training run itself is left untouched: weights, meta-state and RNG streams.
+``configure_inner_optimizer``, where a MAML module has one) and ``training_step``, on batches exactly as the task's
+samples collate (the data module's ``collate_fn``). Any module, any kind of task: the score is the module's own
+loss, what ``training_step`` returns: its learning curve over the steps (and AUC) and, after training, its mean on
+the task's held-out data (``test_loss``). ``metrics`` adds torchmetrics of yours on the held-out data. For
+classifiers (tasks with ``num_classes``, batches ``(x, y)``) the error of every training step and the accuracy on
+held-out and training data are scored too, as the Leap paper does. The means and AUCs are logged, and the mean curves
+drawn next to those of the weights the run started from. The training run itself is left untouched: weights,
+meta-state and RNG streams.
 
-A module with a ``start_task(num_classes)`` method (e.g. :class:`~lightning_meta.recipes.DatasetClassifier`, whose
-head is a task parameter) has it called at the start of every held-out task. With ``early_stopping`` each held-out
-task trains on part of its training images, stops when the error on the rest stops improving and is scored with
-the weights of the lowest validation error (:class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`).
+A :class:`~lightning_meta.protocols.TaskAware` module (e.g. :class:`~lightning_meta.recipes.DatasetClassifier`,
+whose head is a task parameter) has ``start_task`` called at the start of every held-out task. With
+``early_stopping`` each held-out task of a classifier trains on part of its training data, stops when the error on
+the rest stops improving and is scored with the weights of the lowest validation error
+(:class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`).
 
 With a meta-learning callback and ``baseline=True`` the evaluation also guards the run: theta_0 that trains the
 held-out tasks far worse than the weights the run started from (a meta learning rate that wrecked it, with no task
@@ -20,24 +25,28 @@ saved by the last evaluation that found theta_0 sound (``worse_than_start``).
 
 Examples:
     >>> import lightning as L
+    >>> from torchmetrics.regression import MeanSquaredError
     >>> from lightning_meta import Leap, MetaEvaluation
-    >>> callbacks = [Leap(meta_batch_size=5), MetaEvaluation(split="test", every_n_meta_steps=10)]
-    >>> trainer = L.Trainer(callbacks=callbacks, max_steps=1000, logger=False, enable_checkpointing=False)
+    >>> evaluation = MetaEvaluation(split="test", every_n_meta_steps=10, metrics={"mse": MeanSquaredError()})
+    >>> trainer = L.Trainer(callbacks=[Leap(), evaluation], logger=False, enable_checkpointing=False)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, default_collate
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_meta.callbacks.diverged import with_resume_hint
@@ -49,56 +58,118 @@ from lightning_meta.engine import MetaTrainingDiverged
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
-from lightning_meta.tasks.family import Split, Task, dataset_length
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskStreamDataset, collate_task_batch
-from lightning_meta.utils import run_dir
+from lightning_meta.tasks.family import Split, Task, TaskInfo, dataset_length
+from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.utils import muted_logging, run_dir, training_loss
 
 SCORING_BATCH = 1024
-"""Images per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
+"""Samples per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
+
+Predict = Callable[[torch.nn.Module, Any], tuple[Tensor, Tensor]]
+"""``(model, batch) -> (predictions, targets)``: what the ``metrics`` of :class:`MetaEvaluation` are updated with."""
+
+
+def inputs_and_targets(model: torch.nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+    """The default :data:`Predict`: ``(model(x), y)`` of a batch ``(x, y, ...)``."""
+    if not isinstance(batch, Sequence) or len(batch) < 2:
+        raise TypeError(
+            f"MetaEvaluation's metrics are updated with (model(x), y) of a batch (x, y, ...), but a batch here is a "
+            f"{type(batch).__name__}: pass predict=lambda model, batch: (predictions, targets)"
+        )
+    return model(batch[0]), batch[1]
 
 
 @dataclass
 class HeldOutCurves:
-    """Per-task learning curves: ``loss`` and ``error`` are ``[tasks, inner_steps]`` (each step's training batch,
-    before the step); the rest are ``[tasks]``, scored after training: ``test_accuracy`` on the task's held-out
-    images and ``train_accuracy`` on the images it trained on, both with the evaluation's BatchNorm mode;
-    ``test_accuracy_batch_statistics`` and ``test_accuracy_running_statistics`` on the held-out images with each
-    BatchNorm mode named (train mode: every scoring batch normalised with its own statistics; eval mode: the running
-    statistics the task's training steps accumulated, as the Leap authors score); ``steps`` the steps each task
-    trained (fewer than ``inner_steps`` when early stopping cut it short: the curves then stay at their last
-    value)."""
+    """Per-task results of one evaluation. For every task: ``loss`` ``[tasks, inner_steps]`` (each step's training
+    loss, before the step), ``test_loss`` (the module's loss on the held-out data after training), ``steps`` (the
+    steps each task trained: fewer than ``inner_steps`` when early stopping cut it short, the curves then stay at
+    their last value) and ``metrics`` (``{name: [tasks]}``, the evaluation's torchmetrics on the held-out data).
+    For classifiers, else ``None``: ``error`` ``[tasks, inner_steps]`` (each step's training batch),
+    ``test_accuracy`` on the held-out data and ``train_accuracy`` on the data the task trained on, both in the
+    evaluation's BatchNorm mode; ``test_accuracy_batch_statistics`` and ``test_accuracy_running_statistics`` on the
+    held-out data in each mode, named (train mode: every scoring batch normalised with its own statistics; eval
+    mode: the running statistics the task's training steps accumulated, as the Leap authors score)."""
 
     loss: Tensor
-    error: Tensor
-    test_accuracy: Tensor
-    train_accuracy: Tensor
+    test_loss: Tensor
     steps: Tensor
-    test_accuracy_batch_statistics: Tensor
-    test_accuracy_running_statistics: Tensor
+    error: Tensor | None = None
+    test_accuracy: Tensor | None = None
+    train_accuracy: Tensor | None = None
+    test_accuracy_batch_statistics: Tensor | None = None
+    test_accuracy_running_statistics: Tensor | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
-        """Means over the tasks: learning-curve AUCs, the loss of the last step, the final training error (all the
-        task's training images after the last step) and the held-out accuracies."""
-        return {
+        """Means over the tasks: the learning-curve AUC and last value of the training loss, the held-out loss, the
+        metrics (``test_<name>``); for classifiers the error AUC, the final training error (all the task's training
+        data after the last step) and the held-out accuracies."""
+        result = {
             "train_loss_auc": float(curve_auc(self.loss).mean()),
-            "train_error_auc": float(curve_auc(self.error).mean()),
             "final_train_loss": float(self.loss[:, -1].mean()),
-            "final_train_error": float(1 - self.train_accuracy.mean()),
-            "test_accuracy": float(self.test_accuracy.mean()),
-            "test_accuracy_batch_statistics": float(self.test_accuracy_batch_statistics.mean()),
-            "test_accuracy_running_statistics": float(self.test_accuracy_running_statistics.mean()),
+            "test_loss": float(self.test_loss.mean()),
         }
+        if self.error is not None and self.train_accuracy is not None:
+            result |= {
+                "train_error_auc": float(curve_auc(self.error).mean()),
+                "final_train_error": float(1 - self.train_accuracy.mean()),
+            }
+        for name in ("test_accuracy", "test_accuracy_batch_statistics", "test_accuracy_running_statistics"):
+            value = getattr(self, name)
+            if value is not None:
+                result[name] = float(value.mean())
+        return result | {f"test_{name}": float(values.mean()) for name, values in self.metrics.items()}
 
 
-class _LogitsHook:
+class _OutputHook:
     """Keeps the output of the module's last forward call, to score predictions without a second forward pass."""
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.logits: Tensor | None = None
+        self.output: Tensor | None = None
         self.handle = module.register_forward_hook(self)
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        self.logits = output if isinstance(output, Tensor) else None
+        self.output = output if isinstance(output, Tensor) else None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How held-out data is batched and scored: ``collate_fn`` (``None``: ``default_collate``), the BatchNorm mode
+    (``batch_statistics``), torchmetrics ``metrics`` fed by ``predict``, and whether the tasks are classifiers
+    (``(x, y)`` batches whose model output are logits: accuracies and the error curve)."""
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    batch_statistics: bool = True
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    predict: Predict = inputs_and_targets
+    classifier: bool = True
+
+    def score(
+        self, model: L.LightningModule, data: Dataset, device: torch.device, batch_statistics: bool, hook: _OutputHook
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """``(mean loss, accuracy or None, {metric: value})`` of ``model`` on ``data``, all in one pass, with no
+        gradients; scoring with batch statistics leaves the running statistics as training left them."""
+        with torch.no_grad(), muted_logging(model):
+            model.train(batch_statistics)
+            buffers = [buffer.clone() for buffer in model.buffers()] if batch_statistics else []
+            size = dataset_length(data)
+            chunk = min(size, SCORING_BATCH) if batch_statistics else 256
+            batches = BatchSampler(SequentialSampler(range(size)), chunk, drop_last=False)
+            loader = DataLoader(data, batch_sampler=batches, collate_fn=self.collate_fn or default_collate)
+            metrics = {name: metric.clone().to(device) for name, metric in self.metrics.items()}
+            loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+            for indices, batch in zip(batches, loader):
+                batch = move_data_to_device(batch, device)
+                loss_sum += training_loss(model.training_step(batch, 0)).float() * len(indices)
+                if self.classifier and hook.output is not None:
+                    correct += (hook.output.argmax(-1) == batch[1]).sum()
+                for metric in metrics.values():
+                    metric.update(*self.predict(model, batch))
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+        accuracy = (correct / size).cpu() if self.classifier else None
+        return (loss_sum / size).cpu(), accuracy, {name: m.compute().float().cpu() for name, m in metrics.items()}
 
 
 def adapt(
@@ -113,76 +184,98 @@ def adapt(
     early_stopping: HeldOutEarlyStopping | None = None,
     device: torch.device | None = None,
     progress: Callable[[], None] | None = None,
+    scoring: Scoring | None = None,
+    split: Split = "test",
 ) -> HeldOutCurves:
     """Train a copy of ``pl_module`` from ``state`` on each task; the module itself and the global RNG are untouched.
 
-    The held-out images are scored in both BatchNorm modes; ``test_accuracy``, ``train_accuracy`` and early
-    stopping use the module in training mode (BatchNorm with the statistics of each scoring batch) when
-    ``batch_statistics``, else in eval mode (running statistics after the task's steps). Task ``i`` is
-    seeded with ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on
-    which other tasks are evaluated with it. ``early_stopping``: see
+    The held-out data is scored by ``scoring`` (default: :class:`Scoring` with ``batch_statistics``, classifier
+    scores when every task has ``num_classes``): the module's loss and the metrics in the module's training mode
+    (BatchNorm with the statistics of each scoring batch) when ``batch_statistics``, else in eval mode (running
+    statistics after the task's steps); a classifier's accuracy in both modes. Task ``i`` is seeded with
+    ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on which
+    other tasks are evaluated with it; a :class:`~lightning_meta.protocols.TaskAware` module is told it starts task
+    ``indices[i]`` of ``split``. ``early_stopping``: see
     :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
     (default: the module's; at the end of fit Lightning has already moved the module to the CPU). ``progress`` is
     called after every training step.
     """
+    classifier = bool(tasks) and all(task.num_classes is not None for task in tasks)
+    scoring = scoring or Scoring(batch_statistics=batch_statistics, classifier=classifier)
+    classifier = scoring.classifier
     if not tasks:  # e.g. a process of a DDP run with more processes than tasks
-        return HeldOutCurves(torch.empty(0, inner_steps), torch.empty(0, inner_steps), *torch.empty(5, 0))
+        empty, none = torch.empty(0, inner_steps), torch.empty(0)
+        names = ("test_accuracy", "train_accuracy", *(f"test_accuracy_{m}_statistics" for m in ("batch", "running")))
+        classified = dict.fromkeys(names, none) | {"error": empty} if classifier else {}
+        return HeldOutCurves(empty, none, none, **classified, metrics={name: none for name in scoring.metrics})
     device = device or pl_module.device
-    losses, errors, train_accuracies, steps, running_accuracies, batch_accuracies = [], [], [], [], [], []
+    results: dict[str, list[Tensor]] = {}
+    metric_values: dict[str, list[Tensor]] = {name: [] for name in scoring.metrics}
     with HeldOutTraining(pl_module, device, progress) as run:
         model = run.model
-        hook = _LogitsHook(model)
+        hook = _OutputHook(model)
         for index, task in zip(indices if indices is not None else range(len(tasks)), tasks):
-            run.start(state, seed + index, task.num_classes)
+            run.start(state, seed + index, TaskInfo(task, split, index))
             fit, validation = early_stopping.split(task, seed + index) if early_stopping else (task, task.test)
             monitor = early_stopping.monitor(model) if early_stopping else None
-            sampler = TaskBatchSampler([dataset_length(fit.train)], batch_size, inner_steps, 1, seed=seed + index)
-            loader = DataLoader(TaskStreamDataset([fit]), batch_sampler=sampler, collate_fn=collate_task_batch)
             task_losses, task_errors = [], []
-            for step, batch in enumerate(loader):
-                x, y = batch.inputs.to(device), batch.targets.to(device)
-                task_losses.append(run.step((x, y), step))
-                logits = hook.logits
-                wrong = (logits.argmax(-1) != y).float().mean() if logits is not None else torch.tensor(float("nan"))
-                task_errors.append(wrong.to(device))
+            for step, batch in enumerate(_task_loader(fit, batch_size, inner_steps, seed + index, scoring)):
+                batch = move_data_to_device(batch, device)
+                task_losses.append(run.step(batch, step))
+                if classifier:
+                    task_errors.append(_step_error(hook.output, batch, device))
                 done = step + 1
                 if monitor is not None and (monitor.due(done) or done == inner_steps):
-                    error = 1 - float(_accuracy(model, validation, device, batch_statistics))
+                    accuracy = scoring.score(model, validation, device, batch_statistics, hook)[1]
+                    assert accuracy is not None, "early stopping is for classifiers (MetaEvaluation checks it)"
+                    error = 1 - float(accuracy)
                     model.train()
                     if monitor.should_stop(done, error):
                         break
             if monitor is not None:
                 monitor.restore_best()
-            steps.append(torch.tensor(float(len(task_losses))))
-            losses.append(_extend(torch.stack(task_losses), inner_steps))
-            errors.append(_extend(torch.stack(task_errors), inner_steps))
-            running_accuracies.append(_accuracy(model, task.test, device, batch_statistics=False))
-            batch_accuracies.append(_accuracy(model, task.test, device, batch_statistics=True))
-            train_accuracies.append(_accuracy(model, fit.train, device, batch_statistics))
+            _append(results, "steps", torch.tensor(float(len(task_losses))))
+            _append(results, "loss", _extend(torch.stack(task_losses), inner_steps))
+            test_loss, accuracy, metrics = scoring.score(model, task.test, device, batch_statistics, hook)
+            _append(results, "test_loss", test_loss)
+            for name, value in metrics.items():
+                metric_values[name].append(value)
+            if classifier:
+                _append(results, "error", _extend(torch.stack(task_errors), inner_steps))
+                other = scoring.score(model, task.test, device, not batch_statistics, hook)[1]
+                by_mode = {batch_statistics: accuracy, not batch_statistics: other}
+                _append(results, "test_accuracy_batch_statistics", by_mode[True])
+                _append(results, "test_accuracy_running_statistics", by_mode[False])
+                _append(results, "test_accuracy", accuracy)
+                _append(results, "train_accuracy", scoring.score(model, fit.train, device, batch_statistics, hook)[1])
         hook.handle.remove()
-    loss_curves, error_curves = torch.stack(losses).float().cpu(), torch.stack(errors).float().cpu()
-    by_batch, by_running = torch.stack(batch_accuracies).cpu(), torch.stack(running_accuracies).cpu()
-    accuracy = by_batch if batch_statistics else by_running
-    train_accuracy = torch.stack(train_accuracies).cpu()
-    return HeldOutCurves(loss_curves, error_curves, accuracy, train_accuracy, torch.stack(steps), by_batch, by_running)
+    stacked = {name: torch.stack(values).float().cpu() for name, values in results.items()}
+    return HeldOutCurves(**stacked, metrics={name: torch.stack(v).cpu() for name, v in metric_values.items()})
+
+
+def _task_loader(task: Task, batch_size: int, steps: int, seed: int, scoring: Scoring) -> DataLoader:
+    """The ``steps`` training batches of a held-out task, drawn as the task stream draws a task's batches."""
+    sampler = TaskBatchSampler(lambda _: dataset_length(task.train), 1, batch_size, steps, 1, seed)
+    return DataLoader(
+        TaskStreamDataset(lambda _: task), batch_sampler=sampler, collate_fn=TaskCollate(scoring.collate_fn)
+    )
+
+
+def _append(results: dict[str, list[Tensor]], name: str, value: Tensor | None) -> None:
+    assert value is not None
+    results.setdefault(name, []).append(value.to("cpu"))
+
+
+def _step_error(output: Tensor | None, batch: Any, device: torch.device) -> Tensor:
+    """The error of a classifier's training step: its logits (the last forward output) against ``y`` of ``(x, y)``."""
+    if output is None or not isinstance(batch, Sequence) or len(batch) < 2:
+        return torch.tensor(float("nan"), device=device)
+    return (output.argmax(-1) != batch[1]).float().mean()
 
 
 def _extend(curve: Tensor, length: int) -> Tensor:
     """A curve cut short by early stopping, held at its last value up to ``length`` steps."""
     return torch.cat([curve, curve[-1:].expand(length - len(curve))])
-
-
-@torch.no_grad()
-def _accuracy(model: L.LightningModule, data: Dataset, device: torch.device, batch_statistics: bool) -> Tensor:
-    """Accuracy on ``data``; scoring with batch statistics leaves the running statistics as training left them."""
-    model.train(batch_statistics)
-    buffers = [buffer.clone() for buffer in model.buffers()] if batch_statistics else []
-    size = dataset_length(data)
-    loader = DataLoader(data, batch_size=min(size, SCORING_BATCH) if batch_statistics else 256)
-    correct = sum(int((model(x.to(device)).argmax(-1) == y.to(device)).sum()) for x, y in loader)
-    for buffer, saved in zip(model.buffers(), buffers):
-        buffer.copy_(saved)
-    return torch.tensor(correct / size)
 
 
 class MetaEvaluation(L.Callback):
@@ -207,6 +300,10 @@ class MetaEvaluation(L.Callback):
         worse_than_start: stop meta-training (:class:`~lightning_meta.engine.MetaTrainingDiverged`) when theta_0's
             held-out training-loss AUC exceeds this many times that of the weights the run started from (needs
             ``baseline`` and a meta-learning callback; ``None``: never).
+        metrics: torchmetrics scored on every held-out task's held-out data after training, logged as
+            ``test_<name>`` (e.g. ``{"mse": MeanSquaredError()}``); each task gets a fresh copy.
+        predict: ``(model, batch) -> (predictions, targets)`` that the metrics are updated with (default:
+            ``(model(x), y)`` of a batch ``(x, y, ...)``; needed for batches of another structure).
     """
 
     def __init__(
@@ -222,6 +319,8 @@ class MetaEvaluation(L.Callback):
         plot_path: str | None = None,
         early_stopping: HeldOutEarlyStopping | None = None,
         worse_than_start: float | None = 1.25,
+        metrics: Mapping[str, Metric] | None = None,
+        predict: Predict | None = None,
     ) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -238,12 +337,15 @@ class MetaEvaluation(L.Callback):
         self.plot_path = plot_path
         self.early_stopping = early_stopping
         self.worse_than_start = worse_than_start
+        self.metrics = dict(metrics or {})
+        self.predict = predict or inputs_and_targets
         self.sound_at = 0  # the global step of the last evaluation that found theta_0 no worse than the start
         self.history: list[tuple[int, HeldOutCurves]] = []  # (meta-step, curves) of every evaluation
         self.initial: HeldOutCurves | None = None
         self.figure: Path | None = None  # the PNG, once written
         self._initial_state: dict[str, Tensor] | None = None
         self._tasks: list[Task] = []
+        self._datamodule: HeldOutTasks | None = None  # where the held-out tasks and the default sizes come from
         self._meta: MetaInit | None = None  # the Trainer's meta-learner, if any
         self._counter: CountsMetaSteps | None = None  # a module that is its own meta-learner (MAML), if any
 
@@ -254,6 +356,12 @@ class MetaEvaluation(L.Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, ModelParallelStrategy):
+            raise MisconfigurationException(
+                "MetaEvaluation trains copies of the module on held-out tasks spread over the processes, which a model "
+                "sharded over them (ModelParallelStrategy) cannot do: evaluate theta_0 from final.ckpt in a run of its "
+                "own, or leave MetaEvaluation out."
+            )
         datamodule: Any = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
         try:
             require(datamodule, HeldOutTasks, "MetaEvaluation (held-out tasks come from the data module)")
@@ -262,8 +370,12 @@ class MetaEvaluation(L.Callback):
         self._tasks = datamodule.tasks(self.split)[: self.max_tasks]
         if not self._tasks:
             raise MisconfigurationException(f"the task family has no {self.split!r} tasks to evaluate on")
-        self.inner_steps = self.inner_steps or datamodule.inner_steps
-        self.batch_size = self.batch_size or datamodule.batch_size
+        if self.early_stopping is not None and not self._classifier:
+            raise MisconfigurationException(
+                "MetaEvaluation(early_stopping=...) stops on the error of classifier tasks; these tasks have no "
+                "num_classes: leave early_stopping unset"
+            )
+        self._datamodule = datamodule
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
         self._counter = pl_module if implements(pl_module, CountsMetaSteps, "MetaEvaluation") else None
 
@@ -284,6 +396,21 @@ class MetaEvaluation(L.Callback):
         self.initial = None if state_dict["initial"] is None else HeldOutCurves(**state_dict["initial"])
         self._initial_state = state_dict["initial_state"]
         self.sound_at = state_dict.get("sound_at", 0)
+
+    @property
+    def steps_per_task(self) -> int:
+        """Steps each held-out task trains: ``inner_steps``, else the data module's (its task schedule's)."""
+        return self.inner_steps or (self._datamodule.inner_steps if self._datamodule is not None else 0)
+
+    @property
+    def _batch_size(self) -> int:
+        assert self._datamodule is not None, "setup() reads the data module"
+        return self.batch_size or self._datamodule.batch_size
+
+    @property
+    def _classifier(self) -> bool:
+        """Whether the held-out tasks are classifiers (all have ``num_classes``): accuracies and error curves too."""
+        return all(task.num_classes is not None for task in self._tasks)
 
     @property
     def task_names(self) -> list[str]:
@@ -357,27 +484,39 @@ class MetaEvaluation(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Tensor], weights: str
     ) -> HeldOutCurves:
         """Under DDP, process ``r`` adapts tasks ``r, r + world_size, ...`` and the curves are gathered on all."""
-        assert self.inner_steps is not None and self.batch_size is not None
+        assert self._datamodule is not None, "setup() reads the data module"
         world_size, rank = trainer.world_size, trainer.global_rank
         indices = list(range(rank, len(self._tasks), world_size))
-        label = f"Held-out evaluation, {weights} ({len(self._tasks)} {self.split} tasks x {self.inner_steps} steps)"
-        with held_out_progress(trainer, label, len(indices) * self.inner_steps) as advance:
+        steps = self.steps_per_task
+        label = f"Held-out evaluation, {weights} ({len(self._tasks)} {self.split} tasks x {steps} steps)"
+        scoring = Scoring(
+            self._datamodule.collate_fn, self.batch_statistics, self.metrics, self.predict, self._classifier
+        )
+        with held_out_progress(trainer, label, len(indices) * steps) as advance:
             mine = adapt(
                 pl_module,
                 state,
                 [self._tasks[i] for i in indices],
-                self.inner_steps,
-                self.batch_size,
+                steps,
+                self._batch_size,
                 self.seed,
                 self.batch_statistics,
                 indices,
                 self.early_stopping,
                 trainer.strategy.root_device,  # not the module's: Lightning moves it to the CPU before on_fit_end
                 advance,
+                scoring,
+                self.split,
             )
         if world_size == 1:
             return mine
-        return HeldOutCurves(*(self._gather(trainer, getattr(mine, part.name)) for part in fields(mine)))
+        gathered = {
+            part.name: self._gather(trainer, getattr(mine, part.name))
+            for part in fields(mine)
+            if part.name != "metrics" and getattr(mine, part.name) is not None
+        }
+        metrics = {name: self._gather(trainer, values) for name, values in mine.metrics.items()}
+        return HeldOutCurves(**gathered, metrics=metrics)
 
     def _gather(self, trainer: L.Trainer, part: Tensor) -> Tensor:
         """Rows of every process, back in task order (padded with NaN to the same count for the all-gather)."""
@@ -403,7 +542,7 @@ class MetaEvaluation(L.Callback):
         the means over the held-out tasks of :meth:`HeldOutCurves.summary`."""
         evaluated = [("initial weights", 0, self.initial)] if self.initial is not None else []
         evaluated += [(self._weights(step), step, curves) for step, curves in self.history]
-        shared = {"split": self.split, "tasks": len(self._tasks), "steps_per_task": self.inner_steps or 0}
+        shared = {"split": self.split, "tasks": len(self._tasks), "steps_per_task": self.steps_per_task}
         return [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:

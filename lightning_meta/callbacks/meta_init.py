@@ -1,8 +1,10 @@
 """``MetaInit``: the Lightning front door of the engine: meta-learn a LightningModule's initialisation theta_0.
 
-The callback only routes Trainer hooks to a :class:`~lightning_meta.engine.MetaLearner`: it finds where tasks start
-and end (the :class:`~lightning_meta.tasks.schedule.TaskSchedule`), gives each task a fresh inner optimizer and LR
-schedule, reports every optimizer step, and ends each task with the loss at its last weights. What a task's
+The callback only routes Trainer hooks to a :class:`~lightning_meta.engine.MetaLearner`: it reads where tasks start
+and end from the data module's :class:`~lightning_meta.tasks.schedule.TaskSchedule` (the data module owns it: inner
+steps, meta-batch, tasks trained together, how DDP processes share tasks, the meta-steps to run), gives each task a
+fresh inner optimizer and LR schedule, reports every optimizer step, and ends each task with the loss at its last
+weights. What a task's
 trajectory means is the rule's business (:class:`~lightning_meta.engine.LeapRule`,
 :class:`~lightning_meta.engine.ReptileRule`, your own :class:`~lightning_meta.engine.TrajectoryRule`); meta-batches,
 diverged tasks, the reduce over DDP processes and the meta-optimizer are the engine's.
@@ -11,8 +13,9 @@ Examples:
     >>> import lightning as L
     >>> from lightning_meta import MetaInit
     >>> from lightning_meta.engine import ReptileRule
-    >>> callback = MetaInit(ReptileRule(), inner_steps=5, meta_batch_size=2, meta_lr=0.5)
-    >>> trainer = L.Trainer(callbacks=[callback], max_steps=20, logger=False, enable_checkpointing=False)
+    >>> from lightning_meta.tasks import TaskDataModule
+    >>> tasks = TaskDataModule("glyphs", inner_steps=5, meta_batch_size=2, max_meta_steps=10)   # the schedule
+    >>> trainer = L.Trainer(callbacks=[MetaInit(ReptileRule(), meta_lr=0.5)], logger=False, enable_checkpointing=False)
 
     A rule of your own is one small class (see :class:`~lightning_meta.engine.TrajectoryRule`, whose example rule
     goes into ``MetaInit`` the same way).
@@ -23,28 +26,37 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_meta.callbacks import sharded
 from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
-from lightning_meta.engine import MetaLearner, MetaTrainingDiverged, RunawayGuard, TaskBatchedLearner, TrajectoryRule
+from lightning_meta.checkpoint_io import use_atomic_checkpoints
+from lightning_meta.engine import (
+    MetaLearner,
+    MetaTrainingDiverged,
+    RunawayGuard,
+    ShardedMetaLearner,
+    TaskBatchedLearner,
+    TrajectoryRule,
+)
 from lightning_meta.engine.learner import Buffers, select_parameters
-from lightning_meta.engine.meta_state import optimizer_class
-from lightning_meta.tasks.datamodule import task_datamodule
-from lightning_meta.tasks.schedule import Parallel, TaskSchedule
-from lightning_meta.tasks.stream import batch_tasks
+from lightning_meta.engine.meta_state import check_meta_lr, optimizer_class
+from lightning_meta.protocols import TaskAware, implements
+from lightning_meta.tasks.datamodule import StreamDataModule, TaskDataModule, task_datamodule
+from lightning_meta.tasks.schedule import TaskSchedule
 from lightning_meta.utils import ParamFilter, log_meta_progress, muted_logging, training_loss
+from lightning_meta.validation import check_choice
 
 FINAL_CHECKPOINT = "final.ckpt"
 """File name of the checkpoint written at the end of fit, in the directory of the Trainer's ``ModelCheckpoint``."""
@@ -62,23 +74,34 @@ def side_effect_free(pl_module: L.LightningModule, buffers: Iterable[Tensor]) ->
             buffer.copy_(value)
 
 
+SUPPORTED_STRATEGIES: tuple[type[Strategy], ...] = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
+"""The strategies the meta-learning callbacks run under, by exact class (``"ddp"``, ``"ddp_spawn"``,
+``"ddp_notebook"`` are :class:`DDPStrategy`; DeepSpeed's strategy subclasses it but shards the model its own way;
+``ModelParallelStrategy`` with a module sharded by FSDP2's ``fully_shard``:
+:mod:`~lightning_meta.callbacks.sharded`)."""
+
+MOVED_TO_DATA = ("inner_steps", "meta_batch_size", "task_batch", "parallel", "max_meta_steps")
+"""Arguments that belong to the task schedule, which the data module owns."""
+
+
 class MetaInit(L.Callback):
     """Meta-learn theta_0 of a LightningModule's parameters with a trajectory ``rule``, inside an ordinary ``fit``.
 
-    Task ``t`` covers optimizer steps ``[t * inner_steps, (t + 1) * inner_steps)`` (gradient accumulation counts
-    one optimizer step per window). At each task start theta_0 is loaded into the meta-learned parameters, buffers
-    are reset (see ``buffers``), the inner optimizer's state is cleared and its LR schedulers rewound, so the task
-    trains exactly as a fresh run from theta_0 would. After ``meta_batch_size`` tasks theta_0 takes a meta-step.
-    When fit ends the module holds theta_0 and, with checkpointing on, ``final.ckpt`` holds it on disk.
+    The data module (a :class:`~lightning_meta.tasks.StreamDataModule` such as
+    :class:`~lightning_meta.tasks.TaskDataModule`) owns the task schedule: task ``t`` of this process covers its
+    optimizer steps ``[t * inner_steps, (t + 1) * inner_steps)`` (gradient accumulation counts one optimizer step per
+    window), ``meta_batch_size`` tasks make a meta-step, and ``max_meta_steps`` ends the run. At each task start
+    theta_0 is loaded into the meta-learned parameters, buffers are reset (see ``buffers``), the inner optimizer's
+    state is cleared and its LR schedulers rewound, so the task trains exactly as a fresh run from theta_0 would; a
+    :class:`~lightning_meta.protocols.TaskAware` module is told which task starts. After each meta-batch theta_0
+    takes a meta-step. When fit ends the module holds theta_0 and, with checkpointing on, ``final.ckpt`` holds it on
+    disk. Batches reach ``training_step`` unchanged. Under DDP each process trains its own tasks (the stream's
+    ``parallel="tasks"``, the default with this callback) with no gradient synchronisation inside tasks, and the
+    meta-gradients are summed over processes once per meta-step; or, with ``parallel="data"``, all processes train
+    the same task on shards of each batch. Either way theta_0 is identical on every process.
 
     Args:
         rule: turns each task's trajectory into a meta-gradient.
-        inner_steps: optimizer steps per task, for data without a :class:`~lightning_meta.tasks.StreamDataModule`;
-            ``None`` reads it from the data module, which owns the task schedule. Both given and different is an
-            error at ``setup``.
-        meta_batch_size: tasks averaged into one meta-step, over all processes; ``None`` reads it from the data
-            module (``task_batch``, else 1, when it has none either). Both given and different is an error at
-            ``setup``.
         meta_lr: learning rate of the meta-optimizer.
         meta_optimizer: a ``torch.optim`` class or its name (``"SGD"``, ``"Adam"``, ``"pkg.module.Class"``).
         meta_optimizer_kwargs: further keyword arguments of the meta-optimizer (e.g. ``{"momentum": 0.9}``).
@@ -90,89 +113,74 @@ class MetaInit(L.Callback):
         save_init_as_weights: checkpoints store theta_0 as the model's ``state_dict`` (so ``load_from_checkpoint``
             returns the meta-learned init); the live weights of the running task go into the callback's state and
             are restored on resume. Applies to full checkpoints (not ``save_weights_only``).
-        parallel: under DDP, ``"tasks"`` (task-parallel): each process trains its own tasks of the meta-batch
-            (``meta_batch_size`` must be a multiple of the number of processes) with no gradient synchronisation
-            inside tasks, and the meta-gradients are summed over processes once per meta-step; ``"data"``
-            (data-parallel): all processes train the same task on shards of each batch (ordinary DDP) and compute
-            the same meta-step. Either way theta_0 is identical on every process. Needs
-            ``Trainer(use_distributed_sampler=False)`` with a :class:`~lightning_meta.tasks.TaskDataModule`, which
-            then streams each process its tasks or shards.
         final_checkpoint: when fit ends, write ``final.ckpt`` (theta_0 as the weights, the whole meta-state) into
             the directory of the Trainer's ``ModelCheckpoint``, whatever its interval; nothing when checkpointing is
             off.
-        task_batch: train this many tasks at once in each optimizer step, vectorised over tasks
-            (:mod:`~lightning_meta.callbacks.task_batched`); ``None`` reads it from the data module (one task at a
-            time when it has none either). Both given and different is an error at ``setup``. A divisor of each
-            process's tasks per meta-step; ``max_steps`` then counts steps of T tasks each (divide the one-at-a-time
-            ``max_steps`` by T, as by the processes under task-parallel DDP).
         guard: the checks against runaway meta-training (:class:`~lightning_meta.engine.RunawayGuard`; ``True``: its
             defaults; ``False``: none). When it stops meta-training, fit raises
             :class:`~lightning_meta.engine.MetaTrainingDiverged` naming the likely cause and the checkpoint to resume
             from (:mod:`~lightning_meta.callbacks.diverged`), and the module holds the last good theta_0.
+
+    With the data module's ``task_batch=T`` each optimizer step trains T tasks at once, vectorised over tasks
+    (:mod:`~lightning_meta.callbacks.task_batched`).
     """
+
+    trains_tasks_apart = True  # TrainsTasksApart: under DDP a stream left to choose spreads tasks over processes
 
     def __init__(
         self,
         rule: TrajectoryRule,
-        inner_steps: int | None = None,
-        meta_batch_size: int | None = None,
         meta_lr: float = 0.1,
         meta_optimizer: str | type[Optimizer] = "SGD",
         meta_optimizer_kwargs: dict[str, Any] | None = None,
         include: str | ParamFilter | None = None,
         buffers: Buffers = "reset",
         save_init_as_weights: bool = True,
-        parallel: Parallel = "tasks",
         final_checkpoint: bool = True,
-        task_batch: int | None = None,
         guard: RunawayGuard | bool = True,
+        **moved: Any,
     ) -> None:
-        sizes = {"inner_steps": inner_steps, "meta_batch_size": meta_batch_size, "task_batch": task_batch}
-        for name, value in sizes.items():
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if buffers not in ("reset", "keep"):
-            raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
-        if parallel not in ("tasks", "data"):
-            raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
+        schedule = [name for name in moved if name in MOVED_TO_DATA]
+        if schedule:
+            sizes = ", ".join(f"{name}={moved[name]!r}" for name in schedule)
+            raise TypeError(
+                f"{type(self).__name__}({sizes}): the task schedule belongs to the data module, which owns it: pass "
+                f"them to TaskDataModule(...) (--data.{schedule[0]}=... on the command line)."
+            )
+        if moved:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(moved)}")
+        check_choice(type(self).__name__, "buffers", buffers, ("reset", "keep"))
         optimizer_class(meta_optimizer)  # a wrong name fails here, not at the start of fit
+        check_meta_lr(meta_lr)  # as does a meta_lr torch.optim would refuse
         self.rule = rule
-        self.inner_steps = inner_steps
-        self.meta_batch_size = meta_batch_size
         self.meta_lr = meta_lr
         self.meta_optimizer = meta_optimizer
         self.meta_optimizer_kwargs = dict(meta_optimizer_kwargs or {})
         self.include = include
         self.buffers: Buffers = buffers
         self.save_init_as_weights = save_init_as_weights
-        self.parallel: Parallel = parallel
         self.final_checkpoint = final_checkpoint
-        self.task_batch = task_batch
         self.guard = guard
         self.learner: MetaLearner | None = None  # built in on_fit_start, where the module has its device
         self._batched: TaskBatchedTraining | None = None  # with task_batch: the Trainer's loop over T tasks at once
+        self._datamodule: StreamDataModule | None = None  # the task stream, which owns the schedule
         self.names: list[str] = []  # the meta-learned parameters, chosen in setup
         self.active_task = -1  # position in the task stream of the task being trained
         self._meta_step_at = 0  # the global step at which theta_0 last took a meta-step
-        self._schedule: TaskSchedule | None = None  # used only without a StreamDataModule (else the data module's)
-        self._trainer: L.Trainer | None = None
         self._fresh_optimizer: list[list[dict[str, Any]]] = []
         self._fresh_schedulers: list[dict[str, Any]] = []
         self._step_loss: Tensor | None = None
         self._stepped = False
-        self._resumed: dict[str, Any] | None = None  # the checkpoint's state, applied once the learner exists
-        self._regrouped = False  # resumed with another task_batch (at a meta-step boundary)
+        self._resumed: dict[str, Any] = {}  # the checkpoint's state, applied once the learner exists
         self._suspended: list[Tensor] | None = None  # weights of a task cut short by the end of fit
 
     # ----------------------------------------------------------------- what the rest of the library reads
     @property
     def schedule(self) -> TaskSchedule:
-        """Where tasks start and end on this process: the data module's when it streams tasks (its one home)."""
-        datamodule = task_datamodule(self._trainer) if self._trainer is not None else None
-        schedule = datamodule.schedule if datamodule is not None else self._schedule
-        if schedule is None:
-            raise RuntimeError(f"{type(self).__name__}: the task schedule is made in setup(); fit has not started")
-        return schedule
+        """Where tasks start and end on this process: the data module's schedule (read, never written)."""
+        if self._datamodule is None:
+            raise RuntimeError(f"{type(self).__name__}: the task schedule is read in setup(); fit has not started")
+        return self._datamodule.schedule
 
     @property
     def theta_0(self) -> list[torch.nn.Parameter]:
@@ -183,6 +191,12 @@ class MetaInit(L.Callback):
     def meta_steps(self) -> int:
         """Meta-steps taken (0 before fit)."""
         return self.learner.meta_steps if self.learner is not None else 0
+
+    def resumable_now(self, trainer: L.Trainer) -> bool:
+        """Whether a checkpoint saved at this step resumes exactly: always, except for a task-parallel run on several
+        processes inside a meta-batch (its other processes' partial tasks are not in the checkpoint)."""
+        schedule = self.schedule
+        return not schedule.task_parallel or schedule.at_meta_step_boundary(trainer.global_step)
 
     def _learner(self) -> MetaLearner:
         if self.learner is None:
@@ -204,16 +218,26 @@ class MetaInit(L.Callback):
                 f"{name} hooks Lightning's automatic optimisation; {type(pl_module).__name__} uses manual "
                 "optimisation. Set `self.automatic_optimization = True` or use the MAML mixin instead."
             )
-        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+        if type(trainer.strategy) not in SUPPORTED_STRATEGIES:
             raise MisconfigurationException(
-                f"{name} supports a single device and DDP (strategy='ddp' or 'ddp_spawn'), not "
-                f"{type(trainer.strategy).__name__}."
+                f"{name} supports a single device, DDP (strategy='ddp', 'ddp_spawn' or 'ddp_notebook') and "
+                f"ModelParallelStrategy (a module sharded with FSDP2), not {type(trainer.strategy).__name__}."
+            )
+        datamodule = task_datamodule(trainer)
+        if datamodule is None:
+            raise MisconfigurationException(
+                f"{name} trains a stream of tasks: fit with a task data module, e.g. "
+                "trainer.fit(model, datamodule=TaskDataModule(family, inner_steps=..., meta_batch_size=...)) with a "
+                "family of your data sets (DatasetTasks, FewShotTasks, SeededTasks)."
             )
         try:
             self.names = [n for n, _ in select_parameters(pl_module, self.include)]
-            schedule = self._make_schedule(trainer)
         except ValueError as error:
             raise MisconfigurationException(f"{name}: {error}") from None
+        self._datamodule = datamodule
+        use_atomic_checkpoints(trainer)  # final.ckpt and the checkpoints a diverged run names: whole or not at all
+        schedule = datamodule.schedule
+        sharded.check_setup(trainer, name, schedule)
         if schedule.task_batch is not None:
             if schedule.parallel == "data" and schedule.world_size > 1:
                 raise MisconfigurationException(
@@ -221,35 +245,6 @@ class MetaInit(L.Callback):
                     "parallel='tasks' under DDP, or leave task_batch unset."
                 )
             TaskBatchedTraining.check_setup(trainer, schedule.task_batch, name)
-        self._trainer = trainer
-        datamodule = task_datamodule(trainer)
-        if datamodule is not None:
-            datamodule.schedule = schedule
-        else:
-            self._schedule = schedule
-
-    def _make_schedule(self, trainer: L.Trainer) -> TaskSchedule:
-        """The schedule from the data module's sizes, or this callback's where the data module leaves them open."""
-        datamodule = task_datamodule(trainer)
-        sizes: dict[str, int | None] = {}
-        for size in ("inner_steps", "meta_batch_size", "task_batch"):
-            mine, theirs = getattr(self, size), getattr(datamodule, size, None)
-            if mine is not None and theirs is not None and mine != theirs:
-                raise ValueError(
-                    f"{size}={mine} disagrees with {type(datamodule).__name__}({size}={theirs}): tasks would be cut or "
-                    "grouped at the wrong steps. Set it on the data module only."
-                )
-            sizes[size] = theirs if theirs is not None else mine
-        if sizes["inner_steps"] is None:
-            raise ValueError("needs to know where tasks end: pass `inner_steps=` or train with a TaskDataModule.")
-        return TaskSchedule(
-            sizes["inner_steps"],
-            sizes["meta_batch_size"] or sizes["task_batch"] or 1,
-            trainer.world_size,
-            trainer.global_rank,
-            self.parallel,
-            task_batch=sizes["task_batch"],
-        )
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -262,12 +257,12 @@ class MetaInit(L.Callback):
             meta_optimizer_kwargs=self.meta_optimizer_kwargs,
             include=self.include,
             buffers=self.buffers,
-            parallel=self.parallel,
+            parallel=schedule.parallel,
             all_reduce=(lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")) if several else None,
             guard=self.guard,
         )
         if schedule.task_batch is None:
-            self.learner = MetaLearner(pl_module, self.rule, **arguments)
+            self.learner = sharded.meta_learner(trainer, pl_module, self.rule, type(self).__name__, **arguments)
         else:
             try:
                 learner = TaskBatchedLearner(pl_module, self.rule, schedule.task_batch, **arguments)
@@ -282,12 +277,15 @@ class MetaInit(L.Callback):
         ]
         self._fresh_schedulers = [deepcopy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
         self._suspended = None
-        if self._resumed is not None:
-            self._apply(self._resumed, pl_module)
-            self._resumed = None
+        if self._resumed:
+            self._apply(self._resumed, trainer)
+            self._resumed = {}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed:  # strategies that restore checkpoints after on_fit_start (ModelParallelStrategy)
+            self._apply(self._resumed, trainer)
+            self._resumed = {}
         if self.schedule.task_parallel:
             # Each process trains its own task: DDP must not average gradients inside tasks. (With this flag off,
             # DDP also stops broadcasting rank 0's buffers at each forward, so each task keeps its own statistics.)
@@ -298,32 +296,20 @@ class MetaInit(L.Callback):
         if self._batched is not None:
             self._batched.uninstall()
             self._batched = None
-        datamodule = task_datamodule(trainer)
-        if datamodule is not None and stage == "fit":
-            datamodule.schedule = None  # the data module may be reused without this callback
 
     # ----------------------------------------------------------------- the loop
     @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        tasks = self.schedule.tasks(trainer.global_step)
-        found = batch_tasks(batch)
-        if found is not None and found != tasks:
-            raise RuntimeError(
-                f"The batch holds task(s) {found} of the stream but optimizer step {trainer.global_step} with "
-                f"inner_steps={self.schedule.inner_steps} and task_batch={self.schedule.task_batch} trains {tasks}: "
-                "the data and the callback disagree on where tasks end or how many train together (check inner_steps, "
-                "task_batch and accumulate_grad_batches)."
-            )
-        task = tasks[0]
+        task = self.schedule.task(trainer.global_step)
         if task != self.active_task:
-            self._start_task(trainer, task)
+            self._start_task(trainer, pl_module, task)
             # once per task: a log call costs about as much as Leap's whole per-step update
             log_meta_progress(pl_module, task, self.meta_steps)
 
     @torch.no_grad()
-    def _start_task(self, trainer: L.Trainer, task: int) -> None:
+    def _start_task(self, trainer: L.Trainer, pl_module: L.LightningModule, task: int) -> None:
         self._learner().start_task()
         for optimizer, groups in zip(trainer.optimizers, self._fresh_optimizer):
             optimizer.state.clear()
@@ -333,6 +319,10 @@ class MetaInit(L.Callback):
             config.scheduler.load_state_dict(deepcopy(fresh_state))
         self.active_task = task
         self._suspended = None
+        datamodule = self._datamodule
+        describes = isinstance(datamodule, TaskDataModule) and self._batched is None  # one task, known by the stream
+        if describes and implements(pl_module, TaskAware, type(self).__name__):
+            pl_module.start_task(datamodule.task_info(task))  # type: ignore[union-attr]
 
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
@@ -397,7 +387,7 @@ class MetaInit(L.Callback):
         """Leave theta_0 and its buffers, the product of meta-training, in the module and in ``final.ckpt``.
 
         The weights of a task cut short by the end of fit are kept in the callback's state, so that a run resumed
-        from ``final.ckpt`` with a larger ``max_steps`` continues that task.
+        from ``final.ckpt`` with more meta-steps continues that task.
         """
         learner = self._learner()
         self._suspended = [p.detach().clone() for p in learner.live]
@@ -412,54 +402,37 @@ class MetaInit(L.Callback):
     # ----------------------------------------------------------------- checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
+        """The meta-state (theta_0, meta-optimizer, partial meta-batch, the rule's trajectory), the running task's
+        weights and buffers, and the counters; :meth:`load_state_dict` takes exactly this back."""
         if self.learner is None:
             return {}
         state = self.learner.state_dict()
-        return {
+        state = {
             **state,
             "task_params": self._suspended or [p.detach().clone() for p in self.learner.live],
             "task_buffers": {n: b.detach().clone() for n, b in self.learner.live_buffers.items()},
-            "schedule": asdict(self.schedule),  # plain types: checkpoints load with weights_only=True
+            "tasks_per_step": self.schedule.tasks_per_step,
             "counters": {**state["counters"], "active_task": self.active_task, "meta_step_at": self._meta_step_at},
         }
+        return sharded.gather_shards(state) if isinstance(self.learner, ShardedMetaLearner) else state
 
     @override
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Continue the task stream where the saved run stopped (on any number of processes, see
-        :meth:`~lightning_meta.tasks.schedule.TaskSchedule.resumed_from`); the meta-state follows in
-        ``on_fit_start``, once the module is on its device."""
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
-        if not state:
-            return
-        name = type(self).__name__
-        if state["names"] != self.names:
-            raise MisconfigurationException(
-                f"{name}: the checkpoint meta-learns {len(state['names'])} tensors that differ from the "
-                f"{len(self.names)} selected now (include={self.include!r}); resume with the same model and include "
-                "filter."
-            )
-        schedule = self.schedule
-        # checkpoints of version 0.1.0 have no schedule: they come from one process
-        single = TaskSchedule(schedule.inner_steps, schedule.meta_batch_size)
-        saved = TaskSchedule(**(state.get("schedule") or asdict(single)))
-        try:
-            resumed = schedule.resumed_from(saved, state["counters"]["tasks_in_batch"], checkpoint["global_step"])
-        except ValueError as error:
-            raise MisconfigurationException(f"{name}: {error}") from None
-        self._regrouped = saved.tasks_per_step != schedule.tasks_per_step
-        datamodule = task_datamodule(trainer)
-        if datamodule is not None:
-            datamodule.schedule = resumed
-        else:
-            self._schedule = resumed
-        self._resumed = state
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's state (:meth:`state_dict`) for ``on_fit_start``, where the learner is built on the
+        module's device. (Where the task stream continues is the data module's to restore.)"""
+        self._resumed = dict(state_dict)
 
     @torch.no_grad()
-    def _apply(self, state: dict[str, Any], pl_module: L.LightningModule) -> None:
+    def _apply(self, state: dict[str, Any], trainer: L.Trainer) -> None:
         learner = self._learner()
+        state = sharded.own_shards(trainer, state)  # a sharded learner's state holds every process's shards
         # resumed with another task_batch, at a meta-step boundary: no task is running, and its shapes differ
-        learner.load_state_dict(state, trajectory=not self._regrouped)
-        if not self._regrouped:
+        regrouped = state.get("tasks_per_step", self.schedule.tasks_per_step) != self.schedule.tasks_per_step
+        try:
+            learner.load_state_dict(state, trajectory=not regrouped)
+        except ValueError as error:
+            raise MisconfigurationException(f"{type(self).__name__}: {error}") from None
+        if not regrouped:
             torch._foreach_copy_(learner.live, state["task_params"])
             buffers = learner.live_buffers
             for name, buffer in state["task_buffers"].items():
@@ -471,4 +444,8 @@ class MetaInit(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.save_init_as_weights and self.learner is not None:
             weights = checkpoint["state_dict"]
-            weights.update((n, t) for n, t in self.learner.init_state_dict().items() if n in weights)
+            if isinstance(self.learner, ShardedMetaLearner):
+                init = sharded.init_weights(trainer, self.learner)
+            else:
+                init = self.learner.init_state_dict()
+            weights.update((n, t) for n, t in init.items() if n in weights)

@@ -13,7 +13,7 @@ Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap
     >>> from lightning_meta.callbacks import MetaProgressBar
-    >>> trainer = L.Trainer(callbacks=[Leap(meta_batch_size=5), MetaProgressBar()], max_steps=1000, logger=False)
+    >>> trainer = L.Trainer(callbacks=[Leap(), MetaProgressBar()], logger=False)
     >>> MetaProgressBar.label(done=3, total=10, task=17)
     'Meta-training: 3/10 meta-steps, task 17'
 """

@@ -4,8 +4,9 @@
 Examples:
     >>> import lightning as L
     >>> from lightning_meta import Reptile
-    >>> reptile = Reptile(inner_steps=100, meta_batch_size=5, meta_lr=0.1)
-    >>> trainer = L.Trainer(callbacks=[reptile], max_steps=100 * 5 * 10, logger=False, enable_checkpointing=False)
+    >>> from lightning_meta.tasks import TaskDataModule
+    >>> tasks = TaskDataModule("glyphs", inner_steps=100, meta_batch_size=5, max_meta_steps=10)  # the schedule
+    >>> trainer = L.Trainer(callbacks=[Reptile(meta_lr=0.1)], logger=False, enable_checkpointing=False)
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ class Reptile(MetaInit):
     """Meta-learn theta_0 with Reptile; no work inside the inner loop, one subtraction per task.
 
     Args:
-        **kwargs: the :class:`~lightning_meta.callbacks.MetaInit` arguments (``inner_steps``, ``meta_batch_size``,
-            ``meta_lr``, ``meta_optimizer``, ``include``, ``buffers``, ...).
+        **kwargs: the :class:`~lightning_meta.callbacks.MetaInit` arguments (``meta_lr``, ``meta_optimizer``,
+            ``include``, ``buffers``, ``guard``, ...); the task schedule is the data module's.
     """
 
     def __init__(self, **kwargs: Any) -> None:

@@ -1,11 +1,12 @@
 """``TaskBatchedTraining``: the Trainer's loop training T tasks at once, for :class:`~lightning_meta.MetaInit`.
 
-With ``task_batch=T`` (on the data module or the callback) each batch holds T tasks' batches stacked
-(:class:`~lightning_meta.tasks.stream.StackedTaskBatch`) and each optimizer step trains all T, through Lightning's
-own automatic optimisation:
+With the data module's ``task_batch=T`` each batch holds T tasks' batches stacked on a leading task dimension
+(:class:`~lightning_meta.tasks.stream.TaskCollate`) and each optimizer step trains all T, through Lightning's own
+automatic optimisation:
 
 - the module's ``training_step`` runs for all T tasks at once, under ``torch.func.vmap`` with the module's tensors
-  replaced by each task's (:meth:`~lightning_meta.engine.TaskBatchedLearner.map`); it sees one task's ``(x, y)``;
+  replaced by each task's (:meth:`~lightning_meta.engine.TaskBatchedLearner.map`); it sees one task's batch, of the
+  structure it has when tasks train one at a time (a tensor, a tuple, a dict);
   what it logs with ``self.log`` is averaged over the T tasks and logged once;
 - the strategy's ``training_step`` returns the sum of the T losses, so Lightning's backward gives each task its own
   gradient in the stacked tensors, which the inner optimizer (its parameters swapped for the stacked ones) steps:
@@ -20,8 +21,8 @@ Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap
     >>> from lightning_meta.tasks import TaskDataModule
-    >>> tasks = TaskDataModule("glyphs", inner_steps=100, meta_batch_size=20, task_batch=20, batch_size=20)
-    >>> trainer = L.Trainer(callbacks=[Leap(meta_lr=0.1)], max_steps=100 * 1000, logger=False)  # 1000 meta-steps
+    >>> tasks = TaskDataModule("glyphs", inner_steps=100, meta_batch_size=20, task_batch=20, max_meta_steps=1000)
+    >>> trainer = L.Trainer(callbacks=[Leap(meta_lr=0.1)], logger=False)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from torch import Tensor
 
 from lightning_meta.engine.batched import ELEMENTWISE_OPTIMIZERS, TaskBatchedLearner
 from lightning_meta.tasks.datamodule import StreamDataModule
-from lightning_meta.tasks.stream import StackedTaskBatch
 from lightning_meta.utils import muted_logging, training_loss
 
 
@@ -133,7 +133,6 @@ class TaskBatchedTraining:
         """Each task's loss, ``(T,)``: the module's ``training_step`` on each task's slice of ``batch``; with ``log``,
         what it logs is logged once, averaged over the tasks."""
         pl_module = self.trainer.lightning_module
-        per_task = (batch.inputs, batch.targets) if isinstance(batch, StackedTaskBatch) else batch
         logged = _Logged()
 
         def one_task(task_batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -142,13 +141,13 @@ class TaskBatchedTraining:
             return loss, logged.tensors
 
         try:
-            losses, logged.tensors = self.learner.map(one_task, per_task)
+            losses, logged.tensors = self.learner.map(one_task, batch)
         except Exception as error:
             raise RuntimeError(
                 f"task-batched training runs {type(pl_module).__name__}.training_step for {self.learner.tasks} tasks "
                 f"at once under torch.func.vmap, and it failed there: {error}\nIt must be a function of one task's "
                 "batch that vmap can follow: no .item(), .tolist() or Python `if` on tensor values, no torchmetrics "
-                "objects, no per-task attributes of the batch (it receives (x, y)). Fix training_step, or train one "
+                "objects; it receives one task's slice of the batch. Fix training_step, or train one "
                 "task at a time (leave task_batch unset)."
             ) from error
         if log:

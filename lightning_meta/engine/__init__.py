@@ -1,6 +1,7 @@
 """The meta-learning engine in plain PyTorch (no Lightning): meta-state, trajectory rules, and the learner that
-binds them to a module (:class:`TaskBatchedLearner`: several tasks at once, vectorised). Every front door (Lightning
-callbacks, Fabric, a plain loop) runs on it."""
+binds them to a module (:class:`TaskBatchedLearner`: several tasks at once, vectorised; :class:`ShardedMetaLearner`:
+parameters sharded over processes by FSDP2). Every front door (Lightning callbacks, Fabric, a plain loop) runs on
+it."""
 
 from lightning_meta.engine.batched import TaskBatchedLearner
 from lightning_meta.engine.leap import LeapRule
@@ -9,6 +10,7 @@ from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_s
 from lightning_meta.engine.reptile import ReptileRule
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import MetaTrainingDiverged, RunawayGuard
+from lightning_meta.engine.sharded import ShardedMetaLearner
 
 __all__ = [
     "AllReduce",
@@ -18,6 +20,7 @@ __all__ = [
     "MetaTrainingDiverged",
     "ReptileRule",
     "RunawayGuard",
+    "ShardedMetaLearner",
     "TaskBatchedLearner",
     "TrajectoryRule",
     "distributed_sum",

@@ -19,6 +19,12 @@ view per tensor), so each step's arithmetic is a handful of kernels whatever the
 three copies of the meta-learned parameters (two with ``loss=False``), whatever K is. Nothing leaves the device
 inside the task. Losses are used in the parameters' precision.
 
+On sharded parameters (:mod:`~lightning_meta.engine.sharded`) the buffers hold this process's shards only. l_i needs
+the whole vector: each segment sums the partial ``|dtheta_i|^2`` and ``df_i`` (from each process's share of the
+loss) over the processes in one collective, so ``p=1`` or the loss term costs one collective per inner step. ``p=2``
+without the loss term needs no global figure inside the task: its segments' partial squares wait for one collective
+at the task end, which only gives the path length (a metric).
+
 Examples:
     One task of two plain gradient steps on f(theta) = |theta|^2 / 2 (the gradient is theta itself):
 
@@ -56,6 +62,7 @@ class LeapRule(TrajectoryRule):
     """
 
     name = "leap"
+    shardable = True
 
     def __init__(
         self, p: Literal[1, 2] = 1, loss: bool = True, stabilizer: bool = True, norm: bool | None = None
@@ -78,6 +85,7 @@ class LeapRule(TrajectoryRule):
         self._previous_loss: Tensor | None = None
         self._path_length: Tensor | None = None
         self._steps = 0
+        self._pending_squares: list[Tensor] = []  # sharded, p=2 without loss: each segment's partial |dtheta_i|^2
 
     def _allocate(self, theta_0: Sequence[Tensor], live: Sequence[Tensor]) -> None:
         """Flat buffers of shape ``(*tasks, N)`` on the parameters' device, reused while the shapes stay."""
@@ -99,6 +107,7 @@ class LeapRule(TrajectoryRule):
         self._previous_loss = None
         self._path_length = self._sum.new_zeros(self._sum.shape[:-1])
         self._steps = 0
+        self._pending_squares = []
 
     def step(self, live: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         if self._steps:
@@ -115,28 +124,41 @@ class LeapRule(TrajectoryRule):
         torch._foreach_sub_(self._views["_previous"], list(point))
         negative_step = self._previous  # -dtheta_i
         squared = torch.linalg.vecdot(negative_step, negative_step)
+        d_loss = None
         if self.loss:
             assert point_loss is not None and self._previous_loss is not None, "LeapRule(loss=True) needs losses"
             d_loss = point_loss - self._previous_loss
-            if self.stabilizer:
-                d_loss = -d_loss.abs()
-            squared = squared + d_loss.square()
-        length = squared.sqrt()
-        self._path_length += length
+        if self.shards is not None and self.p == 2 and not self.loss:  # nothing global is needed before the end
+            self._pending_squares.append(squared * self.shards.weight)
+        else:
+            if self.shards is not None:  # one collective: the whole |dtheta_i|^2 and df_i from the partial sums
+                squared, d_loss = self.shards.total(squared * self.shards.weight, d_loss)
+            if d_loss is not None:
+                if self.stabilizer:
+                    d_loss = -d_loss.abs()
+                squared = squared + d_loss.square()
+            length = squared.sqrt()
+            self._path_length += length
         scale = 2.0 if self.p == 2 else 1.0  # a Python number: no host-to-device copy
         if self.p == 1:
             inverse = 1.0 / length.clamp_min(torch.finfo(length.dtype).tiny)
             negative_step.mul_(inverse.unsqueeze(-1))
-            if self.loss:
+            if d_loss is not None:
                 d_loss = d_loss * inverse
         self._sum.sub_(negative_step, alpha=scale)
-        if self.loss:
+        if d_loss is not None:
             self._sum.addcmul_(self._previous_grad, d_loss.unsqueeze(-1), value=scale)
 
     def end(self, live: Sequence[Tensor], final_loss: Tensor | None) -> list[Tensor]:
         """Add the final segment theta_{K-1} -> theta_K and negate: the meta-gradient, as views of one buffer."""
         if self._steps:
             self._add_segment(live, final_loss)
+        if self._pending_squares:  # sharded, p=2 without loss: the path length in one collective
+            assert self.shards is not None and self._path_length is not None
+            (squares,) = self.shards.total(torch.stack(self._pending_squares))
+            assert squares is not None
+            self._path_length += squares.sqrt().sum(0)
+            self._pending_squares = []
         self._sum.neg_()
         return self._views["_sum"]
 
@@ -152,6 +174,7 @@ class LeapRule(TrajectoryRule):
             "previous_loss": self._previous_loss,
             "path_length": self._path_length,
             "steps": self._steps,
+            "pending_squares": [square.clone() for square in self._pending_squares],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,3 +187,4 @@ class LeapRule(TrajectoryRule):
             self._path_length = state["path_length"].to(device)
         # checkpoints of version 0.1 have no step count; only whether the task has taken a step matters
         self._steps = state.get("steps", int(state["previous_loss"] is not None))
+        self._pending_squares = [square.to(device) for square in state.get("pending_squares", [])]

@@ -43,8 +43,8 @@ from lightning_meta.engine.meta_state import AllReduce, MetaState
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import RunawayGuard
 from lightning_meta.utils import ParamFilter, parameter_filter
+from lightning_meta.validation import PARALLEL, Parallel, check_choice
 
-Parallel = Literal["tasks", "data"]
 Buffers = Literal["reset", "keep"]
 
 
@@ -99,20 +99,19 @@ class MetaLearner:
         all_reduce: AllReduce | None = None,
         guard: RunawayGuard | bool = True,
     ) -> None:
-        if buffers not in ("reset", "keep"):
-            raise ValueError(f"buffers must be 'reset' or 'keep', got {buffers!r}")
-        if parallel not in ("tasks", "data"):
-            raise ValueError(f"parallel must be 'tasks' or 'data', got {parallel!r}")
+        check_choice(type(self).__name__, "buffers", buffers, ("reset", "keep"))
+        check_choice(type(self).__name__, "parallel", parallel, PARALLEL)
         selected = select_parameters(module, include)
         self.module = module
         self.rule = rule
         self.names = [n for n, _ in selected]
-        self.module_parameters: list[Tensor] = [p for _, p in selected]  # the module's meta-learned parameters
+        # the module's meta-learned parameters (a sharded learner: this process's shards of them)
+        self.module_parameters: list[Tensor] = self._own_tensors([p for _, p in selected])
         self.live: list[Tensor] = list(self.module_parameters)  # the tensors each task trains (here: the module's own)
         self.buffers = buffers
         self.parallel = parallel
         self.all_reduce = all_reduce
-        self.state = MetaState(
+        self.state = self._meta_state(
             self.live,
             meta_batch_size,
             meta_lr,
@@ -158,15 +157,25 @@ class MetaLearner:
     def update(self, loss: Tensor | None = None) -> None:
         """Record an inner step: call after ``backward`` and before the inner optimizer's ``step``; ``loss`` is the
         step's (unscaled) loss, needed by rules with ``needs_loss`` (Leap with ``loss=True``)."""
-        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
-        loss = self._global_loss(loss)
+        grads = self._gradients()
+        loss = self._global_loss(loss) if self.rule.needs_loss else None
         if loss is not None:
             self.losses = [loss if self.losses[0] is None else self.losses[0], loss]
         self.rule.step(self.live, grads, loss)
 
+    # the three places where a sharded learner (engine/sharded.py) differs: its tensors, its meta-state, its gradients
+    def _own_tensors(self, parameters: list[Tensor]) -> list[Tensor]:
+        return parameters
+
+    def _meta_state(self, theta_0: list[Tensor], *arguments: Any) -> MetaState:
+        return MetaState(theta_0, *arguments)
+
+    def _gradients(self) -> list[Tensor]:
+        return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.live]
+
     def _global_loss(self, loss: Tensor | None) -> Tensor | None:
         """The loss in theta_0's precision, averaged over the processes under data-parallel training."""
-        if loss is None or not self.rule.needs_loss:
+        if loss is None:
             return None
         loss = loss.detach().to(self.theta_0[0].dtype)
         if self.parallel == "data" and self.all_reduce is not None:
@@ -192,7 +201,9 @@ class MetaLearner:
         """
         if self.rule.needs_final_loss and final_loss is None:
             raise ValueError(f"{type(self.rule).__name__} needs the loss at the task's last weights: pass final_loss=")
-        if callable(final_loss):
+        if not self.rule.needs_final_loss:
+            final_loss = None  # the rule does not use it: no forward pass, no collective
+        elif callable(final_loss):
             final_loss = final_loss()
         final_loss = self._global_loss(final_loss)
         meta_gradient = self.rule.end(self.live, final_loss)

@@ -60,6 +60,13 @@ def optimizer_class(spec: str | type[Optimizer]) -> type[Optimizer]:
     return spec
 
 
+def check_meta_lr(meta_lr: float) -> None:
+    """A learning rate of the meta-optimizer must be positive: torch's own check fails at the start of fit, deep in a
+    traceback."""
+    if not meta_lr > 0:
+        raise ValueError(f"meta_lr must be > 0, got {meta_lr}")
+
+
 def distributed_sum(tensor: Tensor) -> Tensor:
     """The :data:`AllReduce` of a plain ``torch.distributed`` loop: the sum over the default process group."""
     torch.distributed.all_reduce(tensor)
@@ -97,6 +104,7 @@ class MetaState:
     ) -> None:
         if meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        check_meta_lr(meta_lr)
         self.theta_0 = [torch.nn.Parameter(t.detach().clone()) for t in theta_0]
         for p in self.theta_0:
             p.grad = torch.zeros_like(p)
@@ -149,13 +157,7 @@ class MetaState:
         each, as are their final weights ``end_points``; their first and final ``losses`` have shape ``(T,)``); a task
         that is not finite or that the guard finds ran away is dropped. Returns which tasks were kept (one
         host-device synchronisation for all of them)."""
-        if self.guard is None:
-            finite = torch.stack([g.reshape(g.shape[0], -1).isfinite().all(1) for g in meta_gradients]).all(0)
-            self.drop_reasons = [None if ok else NOT_FINITE for ok in finite.tolist()]
-        else:
-            self.drop_reasons = self.guard.judge_tasks(
-                self.guard.task_figures(meta_gradients, self.theta_0, end_points, losses)
-            )
+        self.drop_reasons = self._judge_tasks(meta_gradients, end_points, losses)
         kept = [reason is None for reason in self.drop_reasons]
         self.tasks_in_batch += len(kept)
         if any(kept):
@@ -163,6 +165,23 @@ class MetaState:
             torch._foreach_add_(self.grads, [(g if rows is None else g[rows]).sum(0) for g in meta_gradients])
             self.tasks_kept += sum(kept)
         return kept
+
+    def _judge_tasks(
+        self,
+        meta_gradients: Sequence[Tensor],
+        end_points: Sequence[Tensor] | None,
+        losses: tuple[Tensor, Tensor] | None,
+    ) -> list[str | None]:
+        """Why each of the tasks handed in together is dropped, or ``None`` (one synchronisation for all)."""
+        if self.guard is None:
+            finite = torch.stack([g.reshape(g.shape[0], -1).isfinite().all(1) for g in meta_gradients]).all(0)
+            return [None if ok else NOT_FINITE for ok in finite.tolist()]
+        return self.guard.judge_tasks(self.guard.task_figures(meta_gradients, self.theta_0, end_points, losses))
+
+    def _step_figures(self, before: Sequence[Tensor]) -> list[float]:
+        """The guard's figures of the meta-step from ``before`` to theta_0 (see ``RunawayGuard.step_figures``)."""
+        assert self.guard is not None
+        return self.guard.step_figures(self.theta_0, before)
 
     @torch.no_grad()
     def step(self) -> tuple[int, int]:
@@ -194,7 +213,7 @@ class MetaState:
         if failure is None:
             self.meta_steps += 1
         if self.guard is not None:
-            self.guard.end_meta_batch(failure, kept, norm_sum)
+            self.guard.end_meta_batch(failure, kept, norm_sum, tasks)
         return kept, tasks
 
     def _guarded_step(self) -> tuple[Failure, str] | None:
@@ -206,7 +225,7 @@ class MetaState:
         before = [p.detach().clone() for p in self.theta_0]
         optimizer_before = deepcopy(self.optimizer.state_dict())
         self.optimizer.step()
-        refusal = self.guard.judge_step(self.guard.step_figures(self.theta_0, before))
+        refusal = self.guard.judge_step(self._step_figures(before))
         if refusal is None:
             return None
         torch._foreach_copy_([p.data for p in self.theta_0], before)

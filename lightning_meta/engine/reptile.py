@@ -25,6 +25,7 @@ class ReptileRule(TrajectoryRule):
     """theta_0 - theta_K: no work inside the task, one subtraction at its end."""
 
     name = "reptile"
+    shardable = True  # element-wise: on sharded parameters, each process subtracts its shards (no collective)
 
     def start(self, theta_0: Sequence[Tensor], live: Sequence[Tensor]) -> None:
         self._theta_0 = theta_0  # theta_0 does not change while a task trains

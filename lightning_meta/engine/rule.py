@@ -9,6 +9,11 @@ dropping diverged tasks, the reduce over processes, the meta-optimizer and check
 Tensors may carry leading task dimensions (several tasks trained at once, stacked): ``live[j]`` then has shape
 ``(*tasks, *theta_0[j].shape)`` and losses have shape ``tasks``. The built-in rules handle both.
 
+Under sharding (:mod:`~lightning_meta.engine.sharded`: parameters split over processes by FSDP2) a rule sees this
+process's shard of every tensor and, as losses, this process's share of the mean loss over the processes; what needs
+the whole vector (a norm) it sums from partial sums with :attr:`TrajectoryRule.shards`. A rule that does only
+element-wise work on the tensors it is given is right on shards as it stands: set ``shardable = True``.
+
 Examples:
     A rule of your own, in one class: move theta_0 against the sum of the gradients seen along the path.
 
@@ -32,9 +37,12 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_meta.engine.sharded import Shards
 
 
 class TrajectoryRule:
@@ -44,11 +52,17 @@ class TrajectoryRule:
         name: prefix of the metrics the rule reports (``"<name>/<metric>"`` in the loggers).
         needs_loss: whether :meth:`step` uses the loss (else the front doors may pass ``None``).
         needs_final_loss: whether :meth:`end` uses the loss at theta_K.
+        shardable: whether the rule is right on the shards of sharded parameters (see the module docstring); a
+            :class:`~lightning_meta.engine.ShardedMetaLearner` refuses a rule that does not say so.
+        shards: set by a :class:`~lightning_meta.engine.ShardedMetaLearner` (``None`` otherwise): sums partial
+            figures over the processes holding the shards (:meth:`~lightning_meta.engine.sharded.Shards.total`).
     """
 
     name = "rule"
     needs_loss = False
     needs_final_loss = False
+    shardable = False
+    shards: Shards | None = None
 
     def start(self, theta_0: Sequence[Tensor], live: Sequence[Tensor]) -> None:
         """A task starts: ``live`` holds theta_0 (broadcast over its leading task dimensions, if any)."""

@@ -18,7 +18,9 @@ inside a task's inner loop:
 - **Meta-training stops** with :class:`MetaTrainingDiverged`, which names the likely cause, when
 
   - ``stop_after`` meta-batches in a row had every task dropped: tasks that diverge from the initial weights point
-    at the inner learning rate, tasks that diverge after meta-steps were taken at the meta learning rate;
+    at the inner learning rate (also when a meta-step was taken, if most tasks trained from the initial weights,
+    before any meta-step, were dropped too: the starting weights already diverge with this inner learning rate),
+    tasks that diverge only after meta-steps were taken at the meta learning rate (theta_0 went bad);
   - a meta-step would make theta_0 non-finite, or move it more than ``distance_ratio`` times its norm (the meta
     learning rate): theta_0 and the meta-optimizer are copied before each meta-step and keep their last values.
 
@@ -33,15 +35,15 @@ Examples:
     'its loss rose from 3 to 45, more than loss_ratio=10 times'
     >>> guard.judge_task([1.0, 2.0, 0.5, 4.0, 3.0, 1.5]) is None
     True
-    >>> guard.end_meta_batch(None, kept=1, norm_sum=2.0)  # a meta-step with the one kept task
+    >>> guard.end_meta_batch(None, kept=1, norm_sum=2.0, tasks=1)  # a meta-step with the one kept task
     >>> guard.end_meta_batch(("dropped", "its loss rose from 3 to 45"))  # a meta-batch with every task dropped
     >>> try:  # doctest: +NORMALIZE_WHITESPACE
     ...     guard.end_meta_batch(("dropped", "its loss rose from 3 to 60"))  # the second in a row: stop_after=2
     ... except MetaTrainingDiverged as error:
     ...     print(error.likely_cause, "|", error)
     meta_lr | meta-training diverged: every task of 2 meta-batches in a row was dropped (last: its loss rose from 3
-    to 60); tasks trained from theta_0 for 1 meta-step before: the meta learning rate (meta_lr) is likely too high,
-    else the inner learning rate.
+    to 60); theta_0 went bad after 1 meta-step (the tasks trained from the initial weights did not diverge): the
+    meta learning rate (meta_lr) is likely too high, else the inner learning rate.
 """
 
 from __future__ import annotations
@@ -121,10 +123,10 @@ class RunawayGuard:
         self.norm_sum = 0.0  # sum of the meta-gradient norms of this process's kept tasks of the current meta-batch
         self.failures: list[tuple[Failure, str]] = []  # each meta-batch since the last meta-step: why it took none
         self.last_ratios: dict[str, float] = {}  # the last task's figures over their thresholds' references
+        self.start_tasks = [0, 0]  # tasks trained from the initial weights (before any meta-step): [kept, all]
 
     # ----------------------------------------------------------------- tasks
     @staticmethod
-    @torch.no_grad()
     def task_figures(
         meta_gradients: Sequence[Tensor],
         theta_0: Sequence[Tensor],
@@ -135,6 +137,17 @@ class RunawayGuard:
         (NaN where unknown): whether its meta-gradient is finite, its norm, ``|theta_K - theta_0|`` for its final
         weights, ``|theta_0|`` (norms in float64, which does not overflow), its first and final loss. The tensors carry
         a leading task dimension: ``(T, *shape)``, losses ``(T,)``."""
+        return RunawayGuard.task_figures_on_device(meta_gradients, theta_0, end_points, losses).tolist()
+
+    @staticmethod
+    @torch.no_grad()
+    def task_figures_on_device(
+        meta_gradients: Sequence[Tensor],
+        theta_0: Sequence[Tensor],
+        end_points: Sequence[Tensor] | None,
+        losses: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """:meth:`task_figures` as a ``(T, 6)`` float64 tensor on the tensors' device (no synchronisation)."""
         tasks = meta_gradients[0].shape[0]
         norm = _task_norms(meta_gradients)
         nan = norm.new_full((tasks,), float("nan"))
@@ -142,7 +155,7 @@ class RunawayGuard:
         first, final = (nan, nan) if losses is None else (loss.detach().to(nan).reshape(tasks) for loss in losses)
         finite = torch.stack([g.reshape(tasks, -1).isfinite().all(1) for g in meta_gradients]).all(0).to(nan)
         size = _task_norms([t.unsqueeze(0) for t in theta_0]).expand(tasks)
-        return torch.stack([finite, norm, distance, size, first, final], dim=1).tolist()
+        return torch.stack([finite, norm, distance, size, first, final], dim=1)
 
     def judge_tasks(self, figures: Sequence[Sequence[float]]) -> list[str | None]:
         """:meth:`judge_task` for each task's figures; :meth:`metrics` then holds the largest ratios among them."""
@@ -199,11 +212,16 @@ class RunawayGuard:
 
     # ----------------------------------------------------------------- meta-batches
     @staticmethod
-    @torch.no_grad()
     def step_figures(theta_0: Sequence[Tensor], before: Sequence[Tensor]) -> list[float]:
         """``[distance, size]`` of a meta-step from ``before`` to ``theta_0``: ``|theta_0 - before|`` (not finite
         when theta_0 is not) and ``|before|``, read at once."""
-        return torch.stack([_norm([p - b for p, b in zip(theta_0, before)]), _norm(before)]).tolist()
+        return RunawayGuard.step_figures_on_device(theta_0, before).tolist()
+
+    @staticmethod
+    @torch.no_grad()
+    def step_figures_on_device(theta_0: Sequence[Tensor], before: Sequence[Tensor]) -> Tensor:
+        """:meth:`step_figures` as a float64 tensor of shape ``(2,)`` on the tensors' device."""
+        return torch.stack([_norm([p - b for p, b in zip(theta_0, before)]), _norm(before)])
 
     def judge_step(self, figures: Sequence[float]) -> str | None:
         """Why the meta-step with these :meth:`step_figures` is refused (non-finite, or too far), or ``None``."""
@@ -213,15 +231,19 @@ class RunawayGuard:
         too_far = self._too_far(distance, size)
         return f"the meta-step would move theta_0 by {distance:.4g}, {too_far}" if too_far else None
 
-    def end_meta_batch(self, failure: tuple[Failure, str] | None, kept: int = 0, norm_sum: float = 0.0) -> None:
-        """Count a meta-batch that took a meta-step with ``kept`` tasks, whose meta-gradient norms add up to
-        ``norm_sum`` (both over all processes), or that did not (``failure``: ``"dropped"``, every task was
-        dropped; ``"refused"``, :meth:`judge_step` refused the step; and why).
+    def end_meta_batch(
+        self, failure: tuple[Failure, str] | None, kept: int = 0, norm_sum: float = 0.0, tasks: int = 0
+    ) -> None:
+        """Count a meta-batch of ``tasks`` tasks that took a meta-step with ``kept`` of them, whose meta-gradient
+        norms add up to ``norm_sum`` (all three over all processes), or that did not (``failure``: ``"dropped"``,
+        every task was dropped; ``"refused"``, :meth:`judge_step` refused the step; and why).
 
         Raises:
             MetaTrainingDiverged: at once for a refused step; when ``stop_after`` meta-batches in a row had every task
                 dropped.
         """
+        if not self.meta_steps:  # trained from the initial weights
+            self.start_tasks = [self.start_tasks[0] + kept, self.start_tasks[1] + max(tasks, kept)]
         self.norm_sum = 0.0
         if failure is None:
             self.meta_steps += 1
@@ -239,19 +261,28 @@ class RunawayGuard:
         if self.stop_after is not None and len(self.failures) >= self.stop_after:
             failures, self.failures = self.failures, []
             what = f"every task of {len(failures)} meta-batches in a row was dropped (last: {failures[-1][1]})"
-            if self.meta_steps:
-                steps = f"{self.meta_steps} meta-step{'s' if self.meta_steps > 1 else ''}"
-                advice = (
-                    f"tasks trained from theta_0 for {steps} before: the meta learning rate (meta_lr) is likely too "
-                    "high, else the inner learning rate"
-                )
-            else:
+            kept, started = self.start_tasks
+            start_diverged = 2 * (started - kept) > started  # most tasks trained from the initial weights were dropped
+            if not self.meta_steps:
                 advice = (
                     "the tasks diverge from the initial weights: the inner learning rate (the model's optimizer) is "
                     "likely too high"
                 )
-            cause: Cause = "meta_lr" if self.meta_steps else "inner_lr"
-            raise MetaTrainingDiverged(f"meta-training diverged: {what}; {advice}.", cause, self.meta_steps > 0)
+            elif start_diverged:
+                advice = (
+                    f"the starting weights already diverge with this inner learning rate ({started - kept} of the "
+                    f"{started} tasks trained from them, before any meta-step, were dropped): the inner learning rate "
+                    "(the model's optimizer) is likely too high"
+                )
+            else:
+                steps = f"{self.meta_steps} meta-step{'s' if self.meta_steps > 1 else ''}"
+                advice = (
+                    f"theta_0 went bad after {steps} (the tasks trained from the initial weights did not diverge): the "
+                    "meta learning rate (meta_lr) is likely too high, else the inner learning rate"
+                )
+            suspect = self.meta_steps > 0 and not start_diverged
+            cause: Cause = "meta_lr" if suspect else "inner_lr"
+            raise MetaTrainingDiverged(f"meta-training diverged: {what}; {advice}.", cause, suspect)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -261,6 +292,7 @@ class RunawayGuard:
             "meta_steps": self.meta_steps,
             "norm_sum": self.norm_sum,
             "failures": [list(failure) for failure in self.failures],
+            "start_tasks": list(self.start_tasks),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,6 +300,7 @@ class RunawayGuard:
         self.meta_steps = state["meta_steps"]
         self.norm_sum = state["norm_sum"]
         self.failures = [(kind, why) for kind, why in state["failures"]]
+        self.start_tasks = list(state.get("start_tasks", [0, 0]))  # checkpoints before 0.1.0's end have none
 
 
 def _norm(tensors: Sequence[Tensor]) -> Tensor:

@@ -124,6 +124,8 @@ class MAMLMixin:
             raise ValueError(f"configure_maml: batch_norm must be 'batch', 'task' or 'frozen', got {batch_norm!r}")
         if checkpoint_segments < 0:
             raise ValueError(f"configure_maml: checkpoint_segments must be >= 0, got {checkpoint_segments}")
+        if not inner_lr > 0:
+            raise ValueError(f"configure_maml: inner_lr must be > 0, got {inner_lr}")
         if batch_norm == "task" and checkpoint_segments > 1:
             raise ValueError(
                 "configure_maml: batch_norm='task' updates running statistics in place, which a checkpointed "

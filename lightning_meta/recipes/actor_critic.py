@@ -26,7 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.tasks.rollouts import Rollout
+from lightning_meta.utils import check_range
 
 
 def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, discount: float) -> Tensor:
@@ -39,7 +41,7 @@ def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, discount: 
     return returns
 
 
-class AtariActorCritic(L.LightningModule):
+class AtariActorCritic(ChecksCheckpointClass, L.LightningModule):
     """A2C on :class:`~lightning_meta.tasks.rollouts.Rollout` batches, with RMSprop as in the Leap paper.
 
     The loss of a rollout is ``policy + value_cost * value - entropy_cost * entropy`` with n-step returns of the
@@ -73,6 +75,12 @@ class AtariActorCritic(L.LightningModule):
         cpu_threads: int | None = None,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        check_range(name, 1, max_actions=max_actions, cpu_threads=cpu_threads)
+        check_range(name, 0, strict=True, lr=lr)
+        check_range(name, 0, eps=eps, alpha=alpha, entropy_cost=entropy_cost, value_cost=value_cost, discount=discount)
+        if alpha > 1 or discount > 1:
+            raise ValueError(f"{name}: alpha and discount must be <= 1, got {alpha} and {discount}")
         self.save_hyperparameters()
         self.max_actions = max_actions
         self.lr, self.eps, self.alpha = lr, eps, alpha

@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
+from lightning_meta.tasks.datamodule import TaskDataModule
+from lightning_meta.tasks.family import TaskInfo
+from lightning_meta.utils import check_range
+
 
 def conv_block(in_channels: int, channels: int) -> nn.Sequential:
     """conv 3x3 (padding 1), max-pool 2, BatchNorm, ReLU: one of the Leap paper's four blocks."""
@@ -29,7 +34,7 @@ def conv_block(in_channels: int, channels: int) -> nn.Sequential:
     )
 
 
-class ConvClassifier(L.LightningModule):
+class ConvClassifier(ChecksCheckpointClass, L.LightningModule):
     """4 x [conv 3x3, ``channels``, max-pool 2, BatchNorm, ReLU] then a linear head, trained with cross-entropy.
 
     Nothing in it knows about meta-learning: Leap or Reptile meta-learn its init from the outside. The encoder's
@@ -56,6 +61,12 @@ class ConvClassifier(L.LightningModule):
         momentum: float = 0.0,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        check_range(name, 1, num_classes=num_classes, in_channels=in_channels, channels=channels, blocks=blocks)
+        check_range(name, 0, strict=True, lr=lr)
+        check_range(name, 0, momentum=momentum)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"{name}: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.save_hyperparameters()
         layers = [conv_block(in_channels if i == 0 else channels, channels) for i in range(blocks)]
         self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -85,9 +96,10 @@ class ConvClassifier(L.LightningModule):
 class MultiHeadClassifier(ConvClassifier):
     """The multi-headed fine-tuning baseline: one shared encoder, one head per meta-training task.
 
-    A :class:`~lightning_meta.tasks.TaskBatch` of meta-training task ``i`` (its ``split_index``) goes through
-    ``heads[i]``; any other batch (a plain ``(x, y)``, as when a held-out task is trained) goes through ``head``,
-    which meta-training never touches: a new task starts from the shared encoder and a fresh head.
+    Meta-training task ``i`` of the family (its index in the training split, read from the data module's task of
+    each step) trains through ``heads[i]``; a held-out task (:meth:`start_task` tells it) or data outside a task
+    stream goes through ``head``, which meta-training never touches: a new task starts from the shared encoder and a
+    fresh head.
 
     Pre-training (the run's own ``fit``) steps at ``pretrain_lr``; held-out tasks train at ``lr``, as every other
     method's do (``configure_inner_optimizer``), so that tuning the pre-training rate leaves the held-out training
@@ -100,9 +112,12 @@ class MultiHeadClassifier(ConvClassifier):
     """
 
     def __init__(self, num_heads: int = 25, pretrain_lr: float | None = None, **kwargs: Any) -> None:
+        check_range(type(self).__name__, 1, num_heads=num_heads)
+        check_range(type(self).__name__, 0, strict=True, pretrain_lr=pretrain_lr)
         super().__init__(**kwargs)
         hp = self.hparams
         self.heads = nn.ModuleList(nn.Linear(hp["channels"], hp["num_classes"]) for _ in range(num_heads))
+        self.head_index: int | None = None  # the head of the meta-training task being trained (None: ``head``)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_with(self.hparams["pretrain_lr"] or self.hparams["lr"])
@@ -111,8 +126,18 @@ class MultiHeadClassifier(ConvClassifier):
         """Held-out tasks train at ``lr``."""
         return self.optimizer_with(self.hparams["lr"])
 
+    def start_task(self, task: TaskInfo) -> None:
+        """A task starts: meta-training task ``i`` trains ``heads[i]``, a held-out task the fresh ``head``."""
+        self.head_index = None if task.held_out else task.index
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The pre-training's own fit: the head of the data module's task of this step."""
+        datamodule = getattr(self.trainer, "datamodule", None)  # Lightning sets it without declaring it
+        if isinstance(datamodule, TaskDataModule):
+            self.start_task(datamodule.current_task())
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        index = getattr(batch, "split_index", None)
+        index = self.head_index
         if index is None:
             return super().training_step(batch, batch_idx)
         if index >= len(self.heads):

@@ -3,8 +3,10 @@
 Examples:
     >>> import torch
     >>> from lightning_meta.recipes import DatasetClassifier
+    >>> from lightning_meta.tasks import Task, TaskInfo
     >>> model = DatasetClassifier(max_classes=100, cosine_steps=1000)
-    >>> model.start_task(num_classes=10)  # a new task: a freshly initialised 10-way head
+    >>> digits = Task("digits", [], [], num_classes=10)
+    >>> model.start_task(TaskInfo(digits, "test", index=0))  # a new held-out task: a freshly initialised 10-way head
     >>> model(torch.zeros(5, 1, 28, 28)).shape
     torch.Size([5, 10])
 """
@@ -21,7 +23,8 @@ from torch import Tensor, nn
 
 from lightning_meta.recipes.classifier import ConvClassifier
 from lightning_meta.tasks.datamodule import TaskDataModule
-from lightning_meta.tasks.family import SPLITS
+from lightning_meta.tasks.family import SPLITS, Task, TaskInfo
+from lightning_meta.utils import check_range
 
 
 class DatasetClassifier(ConvClassifier):
@@ -29,9 +32,10 @@ class DatasetClassifier(ConvClassifier):
 
     The head has ``max_classes`` outputs of which a task with ``n`` classes uses the first ``n``: exactly an
     ``n``-way linear head (the other rows get no gradient), kept at one shape so that the Trainer's optimizer keeps
-    holding the same tensors. :meth:`start_task` draws a fresh head; the module calls it whenever a batch of a new
-    task of the stream arrives, and :class:`~lightning_meta.MetaEvaluation` at the start of every held-out task.
-    Meta-learn the encoder only: ``Leap(include="encoder")``.
+    holding the same tensors. :meth:`start_task` draws a fresh head: the meta-learning callback calls it at every
+    meta-training task's start (without one, the module asks the data module for its task at each step), and
+    :class:`~lightning_meta.MetaEvaluation` at the start of every held-out task. Meta-learn the encoder only:
+    ``Leap(include="encoder")``.
 
     Only the head is the module's to renew: clearing the optimizer's state and rewinding the LR schedule at every
     task start is the meta-learner's job (:class:`~lightning_meta.MetaInit` does both). Trained without one, the
@@ -65,6 +69,8 @@ class DatasetClassifier(ConvClassifier):
             raise ValueError("DatasetClassifier sizes its heads with max_classes; the classes come from each task")
         if cosine_steps is not None and cosine_steps < 1:
             raise ValueError(f"cosine_steps must be >= 1 or None, got {cosine_steps}")
+        check_range(type(self).__name__, 1, max_classes=max_classes)
+        check_range(type(self).__name__, 0, strict=True, pretrain_lr=pretrain_lr)
         super().__init__(num_classes=max_classes, **kwargs)
         self.max_classes = max_classes
         self.cosine_steps = cosine_steps
@@ -74,6 +80,7 @@ class DatasetClassifier(ConvClassifier):
         self.heads = nn.ModuleList()  # multi_head: one per meta-training data set, built in setup
         self.train_classes: list[int] = []  # classes of each meta-training data set, read in setup
         self._task: int | None = None  # position in the stream of the task being trained
+        self._head_index: int | None = None  # multi_head: the head of the meta-training task being trained
         self.data_seed = 0  # the data module's seed, read in setup; seeds the head of each task
 
     def setup(self, stage: str) -> None:
@@ -83,10 +90,17 @@ class DatasetClassifier(ConvClassifier):
         if stage != "fit" or not isinstance(datamodule, TaskDataModule):
             return
         self.data_seed = datamodule.seed
-        self.train_classes = [task.num_classes for task in datamodule.tasks("train")]
-        self._check_classes(max((task.num_classes for split in SPLITS for task in datamodule.tasks(split)), default=1))
+        self.train_classes = [self._classes(task) for task in datamodule.tasks("train")]
+        largest = max((self._classes(task) for split in SPLITS for task in datamodule.tasks(split)), default=1)
+        self._check_classes(largest)
         if self.multi_head and not self.heads:
             self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in self.train_classes)
+
+    @staticmethod
+    def _classes(task: Task) -> int:
+        if task.num_classes is None:
+            raise MisconfigurationException(f"DatasetClassifier classifies: task {task.name!r} has no num_classes")
+        return task.num_classes
 
     def _check_classes(self, num_classes: int) -> None:
         if not 1 <= num_classes <= self.max_classes:
@@ -96,25 +110,39 @@ class DatasetClassifier(ConvClassifier):
             )
 
     @torch.no_grad()
-    def start_task(self, num_classes: int) -> None:
-        """A new task with ``num_classes`` classes begins: draw a fresh head and use its first ``num_classes`` rows."""
-        self._check_classes(num_classes)
-        self.head.reset_parameters()
-        self.active_classes = num_classes
+    def start_task(self, task: TaskInfo) -> None:
+        """A task starts: a held-out one gets a fresh head drawn from the global RNG (which the evaluation seeds);
+        a meta-training one a fresh head drawn from a seed of its position in the stream (and the data module's
+        seed: every DDP process draws the same head, and the global RNG is untouched), or with ``multi_head`` its
+        own persistent head. The head's first ``num_classes`` rows are used."""
+        classes = self._classes(task.task)
+        self._check_classes(classes)
+        self._task = task.position
+        self.active_classes = classes
+        self._head_index = task.index if self.multi_head and not task.held_out else None
+        if task.held_out:
+            self.head.reset_parameters()
+        elif not self.multi_head:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(zlib.crc32(f"{self.data_seed}:{task.position}".encode()))
+                self.head.reset_parameters()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """At a new task of the stream, draw its head from a seed of the task's position (and the data module's
-        seed): every DDP process draws the same head, whatever its global RNG did, and the global RNG is untouched."""
-        task = getattr(batch, "task", None)
-        if task is not None and task != self._task and not self.multi_head:
-            self._task = task
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(zlib.crc32(f"{self.data_seed}:{task}".encode()))
-                self.start_task(self.train_classes[batch.split_index])
+        """Trained without a meta-learning callback (which calls :meth:`start_task` itself), start the data module's
+        task of this step when it is new."""
+        datamodule = getattr(self.trainer, "datamodule", None)  # Lightning sets it without declaring it
+        if isinstance(datamodule, TaskDataModule):
+            task = datamodule.current_task()
+            if task.position != self._task:
+                self.start_task(task)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The task being trained, so that a run resumed in the middle of a task keeps its head."""
-        checkpoint["dataset_classifier"] = {"task": self._task, "active_classes": self.active_classes}
+        checkpoint["dataset_classifier"] = {
+            "task": self._task,
+            "head_index": self._head_index,
+            "active_classes": self.active_classes,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the task being trained; a multi-head module that was never set up (``load_from_checkpoint``)
@@ -124,13 +152,14 @@ class DatasetClassifier(ConvClassifier):
             self.heads.extend(nn.Linear(self.head.in_features, self.max_classes) for _ in range(count))
         state = checkpoint.get("dataset_classifier", {})
         self._task = state.get("task")
+        self._head_index = state.get("head_index")
         self.active_classes = state.get("active_classes", self.max_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))[:, : self.active_classes]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        index = getattr(batch, "split_index", None)
+        index = self._head_index
         if not self.multi_head or index is None:
             return super().training_step(batch, batch_idx)
         x, y = batch

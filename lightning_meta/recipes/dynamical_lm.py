@@ -55,6 +55,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
@@ -101,7 +102,7 @@ def window_bounds(steps: int, truncation: Truncation) -> list[tuple[int, int]]:
     return bounds
 
 
-class DynamicalLanguageModel(L.LightningModule):
+class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
     """A :class:`~lightning_meta.recipes.byte_lstm.ByteLSTM` and a
     :class:`~lightning_meta.optim.CoordinatewiseLSTM` that updates its ``dynamic`` weights as it reads.
 

@@ -1,7 +1,7 @@
 """``AtariDataModule``: a stream of Atari games, ``inner_steps`` optimizer steps each, as rollouts.
 
 Task ``t`` of the stream is a game of the meta-training pool (each pass over the pool is a seeded permutation, as
-for image tasks); under DDP the :class:`~lightning_meta.tasks.schedule.TaskSchedule` a meta-learner installs says
+for image tasks); under DDP its :class:`~lightning_meta.tasks.schedule.TaskSchedule` says
 which task each process plays. Each batch is an empty :class:`~lightning_meta.tasks.rollouts.Rollout` that the
 module fills with its current policy (see :mod:`lightning_meta.tasks.rollouts`).
 
@@ -22,6 +22,7 @@ from lightning_meta.tasks.atari import AtariGames
 from lightning_meta.tasks.datamodule import StreamDataModule
 from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
 from lightning_meta.tasks.stream import stream_task_index
+from lightning_meta.validation import Parallel
 
 
 class RolloutStream:
@@ -37,7 +38,7 @@ class RolloutStream:
         trainer = data.trainer
         batch = 0 if trainer is None else trainer.global_step * accumulation
         while True:
-            task = data.task_schedule().task(batch // accumulation)
+            task = data.schedule.task(batch // accumulation)
             game = data.game_of_task(task)
             yield Rollout(task, game, data.games.num_actions(game), source=data.collector)
             batch += 1
@@ -48,8 +49,9 @@ class AtariDataModule(StreamDataModule):
 
     Args:
         games: the task family (default: :class:`~lightning_meta.tasks.AtariGames`'s pool and held-out games).
-        inner_steps: optimizer steps (rollouts) per task; meta-learning callbacks read it from here.
-        meta_batch_size: tasks per meta-step (``None``: the callback decides).
+        inner_steps, meta_batch_size, parallel, max_meta_steps: the task schedule
+            (:class:`~lightning_meta.tasks.StreamDataModule`): optimizer steps (rollouts) per task, tasks per
+            meta-step, how DDP processes share them, the meta-steps to run.
         num_envs: copies of the game played in parallel per process.
         unroll: steps per rollout (the n of the n-step returns).
         asynchronous: one process per game copy (gymnasium ``AsyncVectorEnv``) instead of all in the trainer's.
@@ -63,6 +65,8 @@ class AtariDataModule(StreamDataModule):
         games: AtariGames | None = None,
         inner_steps: int = 1000,
         meta_batch_size: int | None = None,
+        parallel: Parallel | None = None,
+        max_meta_steps: int | None = None,
         num_envs: int = 16,
         unroll: int = 5,
         asynchronous: bool = False,
@@ -70,7 +74,7 @@ class AtariDataModule(StreamDataModule):
         max_episode_steps: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(inner_steps, meta_batch_size)  # checks both sizes
+        super().__init__(inner_steps, meta_batch_size, parallel=parallel, max_meta_steps=max_meta_steps)
         self.games = games if games is not None else AtariGames()
         self.seed = seed
         # the settings of every collector this data module makes (a collector makes no environment until it plays)
@@ -95,7 +99,7 @@ class AtariDataModule(StreamDataModule):
 
     def train_dataloader(self) -> RolloutStream:
         self.setup("fit")
-        self._check_distributed()
+        self._start_stream()
         return RolloutStream(self)
 
     def teardown(self, stage: str) -> None:

@@ -176,15 +176,19 @@ class DocumentDataModule(StreamDataModule):
             self._train_tasks = [t for t in tasks if len(byte_document(t)) >= shortest]
             if not self._train_tasks:
                 longest = max((len(byte_document(t)) for t in tasks), default=0)
-                raise ValueError(
-                    f"DocumentDataModule: no training document has the {shortest} bytes of a crop "
-                    f"((inner_steps + 1) * segment, or 2 segments with short_documents='whole'; the longest has "
-                    f"{longest}): lower inner_steps or segment"
+                reads = (
+                    f"inner_steps={self.inner_steps} and segment={self.segment} read {shortest} bytes of each "
+                    "training document ((inner_steps + 1) * segment)"
+                    if self.short_documents == "skip"
+                    else f"segment={self.segment} with short_documents='whole' reads documents of 2 segments or more "
+                    f"({shortest} bytes)"
                 )
+                fix = "lower inner_steps or segment" if self.short_documents == "skip" else "lower segment"
+                raise ValueError(f"DocumentDataModule: {reads}, more than any has (the longest: {longest}): {fix}")
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        self._check_distributed()
+        self._start_stream()
         assert self._train_tasks is not None and self.meta_batch_size is not None
         per_epoch = self.tasks_per_epoch or len(self._train_tasks)
         world_size, rank = self._processes()

@@ -161,8 +161,16 @@ class TextDocuments(TaskFamily):
         self._check_split(split)
         if self._splits is None:
             minimum = self.min_bytes
+            documents = self.documents()
+            if not any(len(data) >= minimum for docs in documents.values() for _, data in docs):
+                count = sum(len(docs) for docs in documents.values())
+                where = "the embedded documents" if self.root is None else f"root={self.root}"
+                raise ValueError(
+                    f"TextDocuments: all {count} documents of {where} are shorter than min_bytes={minimum} (empty "
+                    "files?): nothing to read"
+                )
             self._splits = {
                 part: [Task(name, doc := ByteDocument(data), doc, 256) for name, data in docs if len(data) >= minimum]
-                for part, docs in self.documents().items()
+                for part, docs in documents.items()
             }
         return self._splits[split]

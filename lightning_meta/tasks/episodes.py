@@ -23,7 +23,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,27 +63,30 @@ class EpisodeBatch:
 
 
 class EpisodeDataset(Dataset):
-    """Builds the episode of the ``n``-th task of a stream (a pure function of the sampler's seed and ``n``)."""
+    """Builds the episode of the ``n``-th task of a stream (a pure function of the sampler's seed and ``n``) from the
+    split's tasks, ``task_at(index)``; ``len`` is the split's task count (for evaluation: each task once)."""
 
     def __init__(
         self,
-        tasks: Sequence[Task],
+        task_at: Callable[[int], Task],
         sampler: TaskBatchSampler,
         query_size: int,
-        transform: Callable[[Tensor], Tensor] | None = None,
+        transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.tasks = list(tasks)
+        self.task_at = task_at
         self.sampler = sampler
         self.query_size = query_size
-        self.support = TaskStreamDataset(self.tasks, transform)
+        self.support = TaskStreamDataset(task_at, transform)
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        if self.sampler.num_tasks is None:
+            raise TypeError("a pool of tasks without end has no length")
+        return self.sampler.num_tasks
 
     def __getitem__(self, stream_task: int) -> dict[str, Any]:
         batches = self.sampler.task_batches(stream_task)
-        support = [default_collate([self.support[key][:2] for key in batch]) for batch in batches]
-        task = self.tasks[batches[0][0].task_index]
+        support = [default_collate([self.support[key][1] for key in batch]) for batch in batches]
+        task = self.task_at(batches[0][0].task_index)
         rng = np.random.default_rng([self.sampler.seed, 2, stream_task])
         size = dataset_length(task.test)
         picks = rng.choice(size, size=self.query_size, replace=self.query_size > size)
@@ -191,24 +194,31 @@ class EpisodeDataModule(TaskDataModule):
         """10 batches: validation (at epoch ends) every 10 meta-steps."""
         return 10 * (meta_batch_size or 1)
 
+    def optimizer_steps(self, meta_steps: int) -> int:
+        """One optimizer step is one meta-step (a meta-batch of episodes), whatever the processes."""
+        return meta_steps
+
     @property
     def tasks_per_batch(self) -> int:
         return self.meta_batch_size or 1
 
-    def _episodes(self, tasks: list[Task], seed: int, transform: Callable[[Tensor], Tensor] | None) -> EpisodeDataset:
-        sizes = [dataset_length(t.train) for t in tasks]
-        sampler = TaskBatchSampler(sizes, self.batch_size, self.resolved_support_batches(), len(tasks), seed)
-        return EpisodeDataset(tasks, sampler, self.query_size, transform)
+    def _episodes(
+        self, task_at: Callable[[int], Task], num_tasks: int | None, seed: int, transform: Callable[[Any], Any] | None
+    ) -> EpisodeDataset:
+        def size(index: int) -> int:
+            return dataset_length(task_at(index).train)
+
+        sampler = TaskBatchSampler(size, num_tasks, self.batch_size, self.resolved_support_batches(), 1, seed)
+        return EpisodeDataset(task_at, sampler, self.query_size, transform)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        self._check_distributed()
-        assert self._train_tasks is not None
+        self._start_stream()
         batches = -(-self.tasks_per_epoch // self.tasks_per_batch)
         world_size, rank = self._processes()
         sampler = EpisodeBatchSampler(self.tasks_per_batch, batches, self._consumed_batches, shard=(rank, world_size))
         return DataLoader(
-            self._episodes(self._train_tasks, self.seed, self.train_transform()),
+            self._episodes(self.train_task, self._num_train, self.seed, self.train_transform()),
             batch_sampler=sampler,
             collate_fn=collate_episodes,
             num_workers=self.num_workers,
@@ -219,7 +229,7 @@ class EpisodeDataModule(TaskDataModule):
         tasks = self.tasks(split)
         if not tasks:
             raise ValueError(f"{type(self.family).__name__} has no {split!r} tasks to validate or test on")
-        episodes = self._episodes(tasks, self.seed + 1, transform=None)
+        episodes = self._episodes(tasks.__getitem__, len(tasks), self.seed + 1, transform=None)
         # One pass of the stream visits every task once; the fixed seed gives the same episodes every time.
         return DataLoader(
             episodes, batch_size=self.tasks_per_batch, collate_fn=collate_episodes, num_workers=self.num_workers

@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
+import pickle
 import unicodedata
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from matplotlib.ft2font import FT2Font, LoadFlags
 from PIL import Image
 from torch import Tensor
 
+from lightning_meta.atomic_files import write_atomically
 from lightning_meta.tasks.alphabets import DRAWERS, AlphabetFamily
 
 VERSION = 2
@@ -121,21 +123,19 @@ class GlyphAlphabets(AlphabetFamily):
         return self.root / f"glyphs-v{VERSION}-seed{self.seed}.pt"
 
     def load_alphabets(self) -> dict[str, Tensor]:
+        """The cached set if the cache is current and readable, else a fresh build (written to the cache whole or
+        not at all: :func:`~lightning_meta.atomic_files.write_atomically`)."""
         stamp = _stamp(self.seed)
         if self.path.exists():
-            cached = torch.load(self.path, weights_only=True)
-            if cached.get("stamp") == stamp:
+            try:
+                cached = torch.load(self.path, weights_only=True)
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):  # damaged (e.g. by another program)
+                warnings.warn(f"the glyph cache {self.path} is damaged; building it again", stacklevel=2)
+                cached = {}
+            if isinstance(cached, dict) and cached.get("stamp") == stamp:
                 return cached["alphabets"]
         alphabets = build_alphabets(self.seed)
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:  # a file object, so the bytes do not depend on the temporary name
-                torch.save({"stamp": stamp, "alphabets": alphabets}, file)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        write_atomically(self.path, lambda file: torch.save({"stamp": stamp, "alphabets": alphabets}, file))
         return alphabets
 
 

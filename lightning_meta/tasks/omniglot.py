@@ -110,6 +110,14 @@ def _load_character(folder: Path) -> Tensor:
 
 
 def _load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        inverted = ImageOps.invert(image.convert("L"))
+    """One drawing as ``uint8 [28, 28]``; a file PIL cannot read is an error naming it."""
+    try:
+        with Image.open(path) as image:
+            inverted = ImageOps.invert(image.convert("L"))
+    except (OSError, ValueError, SyntaxError) as error:  # PIL: unidentified, truncated or malformed images
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"Omniglot: {path} is not a readable image ({path.stat().st_size} bytes; PIL: {reason}): replace it with "
+            "the file from the Omniglot archive, or extract the archive again"
+        ) from None
     return np.asarray(inverted.resize((SIZE, SIZE), Image.Resampling.LANCZOS))

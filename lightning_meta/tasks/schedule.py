@@ -25,14 +25,15 @@ Examples:
     >>> batched = TaskSchedule(inner_steps=10, meta_batch_size=8, world_size=2, rank=1, task_batch=2)
     >>> [batched.tasks(step) for step in (0, 10, 20)]
     [[1, 3], [5, 7], [9, 11]]
+    >>> schedule.steps_for(30), batched.steps_for(30)   # 30 meta-steps: 2 tasks of 10 steps, 2 groups of 2 tasks
+    (600, 600)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
-Parallel = Literal["tasks", "data"]
+from lightning_meta.validation import PARALLEL, Parallel, check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,16 @@ class TaskSchedule:
     task_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.parallel not in ("tasks", "data"):
-            raise ValueError(f"parallel must be 'tasks' or 'data', got {self.parallel!r}")
+        check_positive("TaskSchedule", inner_steps=self.inner_steps, meta_batch_size=self.meta_batch_size)
+        check_positive("TaskSchedule", task_batch=self.task_batch)
+        check_choice("TaskSchedule", "parallel", self.parallel, PARALLEL)
         if self.task_parallel and self.meta_batch_size % self.world_size:
             raise ValueError(
                 f"task-parallel meta-learning splits each meta-batch evenly over the processes: meta_batch_size="
                 f"{self.meta_batch_size} is not a multiple of world_size={self.world_size}. Choose a multiple, or "
                 "parallel='data'."
             )
-        if self.task_batch is not None and (self.task_batch < 1 or self.tasks_per_process % self.task_batch):
+        if self.task_batch is not None and self.tasks_per_process % self.task_batch:
             raise ValueError(
                 f"task_batch={self.task_batch} tasks trained together must divide the {self.tasks_per_process} tasks "
                 f"each process trains per meta-step (meta_batch_size={self.meta_batch_size}, world_size="
@@ -114,14 +116,33 @@ class TaskSchedule:
         tasks = self.origin_task % self.meta_batch_size + self.tasks_started(optimizer_steps)
         return self.origin_task // self.meta_batch_size + tasks // self.tasks_per_process
 
-    def resumed_from(self, saved: TaskSchedule, tasks_in_batch: int, step: int) -> TaskSchedule:
+    def steps_for(self, meta_steps: int) -> int:
+        """The local optimizer steps after which ``meta_steps`` meta-steps are done (counted from the stream's start,
+        also on a resumed run): the inverse of :meth:`meta_steps_done`.
+
+        Examples:
+            >>> schedule = TaskSchedule(inner_steps=10, meta_batch_size=4, world_size=2, rank=1)
+            >>> [schedule.meta_steps_done(schedule.steps_for(m)) for m in (1, 2, 7)], schedule.steps_for(7)
+            ([1, 2, 7], 140)
+        """
+        needed = (meta_steps - self.origin_task // self.meta_batch_size) * self.tasks_per_process
+        needed -= self.origin_task % self.meta_batch_size
+        groups = -(-max(needed, 0) // self.tasks_per_step)
+        return self.origin_step + groups * self.inner_steps
+
+    def at_meta_step_boundary(self, step: int) -> bool:
+        """Whether ``step`` (optimizer steps taken) ends this process's share of a meta-batch."""
+        started = self.origin_task % self.meta_batch_size + self.tasks_started(step)
+        return self.ends_task(step) and started % self.tasks_per_process == 0
+
+    def resumed_from(self, saved: TaskSchedule, step: int) -> TaskSchedule:
         """This schedule, continuing the stream where a run with schedule ``saved`` stopped after ``step`` local
-        optimizer steps with ``tasks_in_batch`` tasks of its meta-batch done; on any number of processes.
+        optimizer steps; on any number of processes.
 
         A task-parallel run on several processes keeps a partial meta-batch per process, but only rank 0's is in
         its checkpoint: such a run resumes from checkpoints at meta-step boundaries only.
         """
-        at_boundary = tasks_in_batch == 0 and saved.ends_task(step)
+        at_boundary = saved.at_meta_step_boundary(step)
         if saved.task_parallel and not at_boundary:
             raise ValueError(
                 f"this checkpoint was saved in the middle of a meta-batch by a task-parallel run on {saved.world_size} "

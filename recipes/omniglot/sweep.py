@@ -26,6 +26,7 @@ Extra arguments after ``--`` go to every run, e.g. ``-- --data.family=omniglot -
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
+from lightning_meta.cli_errors import run_reporting_errors  # noqa: E402
 from lightning_meta.intervals import mean_interval  # noqa: E402
 from lightning_meta.sweep import (  # noqa: E402
     Cell,
@@ -46,6 +48,7 @@ from lightning_meta.sweep import (  # noqa: E402
     fit_arguments,
     format_interval,
     grid,
+    number,
     tuning_table,
 )
 
@@ -72,10 +75,10 @@ QUICK_GRIDS = {  # 3 values per axis
     "leap": grid(**{"Leap.meta_lr": [0.1, 0.3, 1.0]}),
 }
 QUICK = [  # 2 CPU cores: a narrower net, 10 inner steps, meta-batch 5, 20 meta-steps, no augmentation
-    "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--trainer.max_steps=1000",
+    "--model.init_args.channels=32", "--data.inner_steps=10", "--data.meta_batch_size=5", "--data.max_meta_steps=20",
     "--data.augment=false",
 ]
-QUICK_EPISODIC = ["--trainer.max_steps=20", "--trainer.limit_val_batches=0"]  # the same 20 meta-steps
+QUICK_EPISODIC = ["--trainer.limit_val_batches=0"]
 ANY = "any"  # the group of no pre-training: it does not depend on the meta-training alphabets
 COLUMNS = (  # header, metric, scale, digits
     ("held-out training-error AUC", "train_error_auc", 1.0, 3),
@@ -118,11 +121,11 @@ def report(rows: list[Row], out: Path) -> str:
         groups = sorted((g for m, g in cells if m == method), key=lambda g: -1 if g == ANY else int(g))
         for group in groups:
             group_rows = cells[method, group]
-            values = [format_interval([float(r[key]) for r in group_rows], scale, digits)
+            values = [format_interval([number(r, key) for r in group_rows], scale, digits)
                       for _, key, scale, digits in COLUMNS]
             lines.append(f"| {method} | {group} | {len(group_rows)} | {chosen_counts(group_rows)} | "
                          f"{' | '.join(values)} |")
-        intervals = [mean_interval([float(r["train_error_auc"]) for r in cells[method, g]]) for g in groups]
+        intervals = [mean_interval([number(r, "train_error_auc") for r in cells[method, g]]) for g in groups]
         if groups == [ANY]:  # no pre-training: the same at every number of alphabets
             (mean, half), = intervals
             axis.axhline(mean, color="grey", linestyle="--", label=method)
@@ -173,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main, sys.argv))  # a bad value or CSV: one line, status 1; a stop signal: 128 + it

@@ -22,6 +22,7 @@ Extra arguments after ``--`` go to every run (after the method's config and ``qu
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -34,8 +35,9 @@ import matplotlib.pyplot as plt
 
 from lightning_meta import MetaEvaluation
 from lightning_meta.cli import main as lightning_meta
+from lightning_meta.cli_errors import run_reporting_errors
 from lightning_meta.metrics import curve_auc
-from lightning_meta.sweep import Cell, Row, Sweep, fit_arguments, format_interval, grid, tuning_table
+from lightning_meta.sweep import Cell, Row, Sweep, fit_arguments, format_interval, grid, number, tuning_table
 
 HERE = Path(__file__).parent
 METHODS = ("leap", "finetune", "scratch")
@@ -91,7 +93,7 @@ def table(rows: list[Row]) -> str:
                 per_seed: dict[str, list[float]] = defaultdict(list)  # the data set's value, or all data sets'
                 for r in tests:
                     if r["method"] == method and dataset in (r["dataset"], "average"):
-                        per_seed[r["seed"]].append(float(r[key]))
+                        per_seed[r["seed"]].append(number(r, key))
                 cells.append(format_interval([sum(v) / len(v) for v in per_seed.values()], 100.0, 1))
             lines.append(f"| {dataset} | {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
@@ -145,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main, sys.argv))  # a bad value or CSV: one line, status 1; a stop signal: 128 + it
