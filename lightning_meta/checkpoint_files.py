@@ -24,6 +24,7 @@ Examples:
     Traceback (most recent call last):
     ...
     lightning_meta.checkpoint_files.UnreadableCheckpoint: .../bad.ckpt is not a readable checkpoint: it is truncated ...
+    >>> import shutil; shutil.rmtree(folder)  # the example leaves no files behind
 """
 
 from __future__ import annotations

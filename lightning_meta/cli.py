@@ -24,16 +24,17 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import ActionYesNo, DefaultHelpFormatter
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
 
-from lightning_meta.callbacks import CheckpointOnSignal, MetaProgressBar, RunSummary
+from lightning_meta.callbacks import CheckpointOnSignal, MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.cli_errors import flag_of, run_reporting_errors
+from lightning_meta.cli_parse_errors import MetaArgumentParser
 from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
 from lightning_meta.run_folders import claim_version
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
@@ -98,7 +99,8 @@ class MetaCLI(LightningCLI):
     any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
-    or another one is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
+    or another one is configured), a :class:`~lightning_meta.callbacks.MetaCheckpoint` (unless checkpointing is off
+    or a checkpoint callback is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
     :class:`~lightning_meta.callbacks.CheckpointOnSignal` (SIGTERM or SIGINT: saved, the command that resumes, exit
     status 143 or 130); checkpoints are written atomically (:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO`)
     and each logger's version folder is claimed before fit (:func:`~lightning_meta.run_folders.claim_version`), so two
@@ -191,6 +193,8 @@ class MetaCLI(LightningCLI):
             defaults.append(RunSummary())
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             defaults.append(MetaProgressBar())
+        if config.get("enable_checkpointing") is not False and not any(isinstance(c, Checkpoint) for c in configured):
+            defaults.append(MetaCheckpoint())  # Lightning's default checkpoint, its files named in meta-steps
         if not any(isinstance(c, CheckpointOnSignal) for c in configured):
             command = None if self.command_line is None else ["lightning-meta", *self.command_line]
             defaults.append(CheckpointOnSignal(resume_command=command))
@@ -212,6 +216,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
                 save_config_callback=ConfigToLoggers,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs={"description": RECIPES, "formatter_class": RecipesHelpFormatter},
+                parser_class=MetaArgumentParser,  # parse errors in one line (lightning_meta.cli_parse_errors)
                 args=args,
                 run=run,
             )

@@ -23,8 +23,8 @@ and, when the message holds a value of exactly one of its arguments, that argume
     lightning-meta: --model.init_args.lr=-1: ValueError: Invalid learning rate: -1.0 (--debug shows the traceback)
 
 Anything else is a bug and keeps its full traceback, as does everything with ``--debug`` on the command line or
-``LIGHTNING_META_DEBUG=1`` in the environment. Unknown keys and values of the wrong type stay jsonargparse's own
-one parse error (exit status 2).
+``LIGHTNING_META_DEBUG=1`` in the environment. Unknown keys and values of the wrong type are parse
+errors, one line too (exit status 2, :mod:`lightning_meta.cli_parse_errors`).
 
 Examples:
     >>> from lightning_meta.tasks import TaskDataModule

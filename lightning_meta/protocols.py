@@ -119,6 +119,24 @@ class ResumePoints(Protocol):
     def resumable_now(self, trainer: L.Trainer) -> bool: ...
 
 
+class Pretrains(Protocol):
+    """A module whose run begins with ordinary training before meta-training (the dynamical language model): the
+    optimizer steps of that phase, which :class:`~lightning_meta.callbacks.progress.MetaProgressBar` labels
+    ``Pretraining`` rather than counting them as meta-steps."""
+
+    pretraining_steps: int
+
+
+@runtime_checkable
+class PlansHeldOutSteps(Protocol):
+    """A callback that trains held-out tasks during fit (:class:`~lightning_meta.MetaEvaluation`,
+    :class:`~lightning_meta.AtariEvaluation`): the held-out training steps this process will still take until fit
+    ends, each about as costly as a training step; :class:`~lightning_meta.callbacks.progress.MetaProgressBar` counts
+    them in the run's total, so that its ETA includes them."""
+
+    def held_out_steps_left(self, trainer: Any) -> int: ...
+
+
 @runtime_checkable
 class ReportsResults(Protocol):
     """A callback or module that evaluates the run (held-out tasks, games, documents): one row per evaluation, and

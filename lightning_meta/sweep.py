@@ -28,7 +28,8 @@ Examples:
     >>> grids = {"leap": grid(**{"Leap.meta_lr": [0.1, 1.0]}), "scratch": []}
     >>> def run(cell, folder):  # one training run; here a made-up score that prefers meta_lr 1.0
     ...     return [{"train_error_auc": 0.5 - 0.1 * dict(cell.setting).get("Leap.meta_lr", 0.0)}]
-    >>> sweep = Sweep(Path(tempfile.mkdtemp()), run, grids, ["train_error_auc"], "alphabets", log=lambda line: None)
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> sweep = Sweep(folder, run, grids, ["train_error_auc"], "alphabets", log=lambda line: None)
     >>> rows = sweep.run({"leap": ["5"], "scratch": ["any"]}, seeds=[0])
     >>> for row in rows:
     ...     print(row["stage"], row["method"], row["setting"], row["run_seed"])
@@ -38,6 +39,7 @@ Examples:
     test scratch - 1000
     >>> len(sweep.run({"leap": ["5"], "scratch": ["any"]}, seeds=[0]))  # resumed: nothing runs twice
     4
+    >>> import shutil; shutil.rmtree(folder)  # the example leaves no files behind
 """
 
 from __future__ import annotations
@@ -221,6 +223,7 @@ def fit_arguments(configs: Sequence[Path], cell: Cell, folder: Path) -> list[str
               seed: 2
               baseline: false
               every_n_meta_steps: 0
+        >>> import shutil; shutil.rmtree(config.parent)  # the example leaves no files behind
     """
     callbacks = (yaml.safe_load(Path(configs[0]).read_text()).get("trainer") or {}).get("callbacks") or []
     model_arguments, callbacks = setting_arguments(cell.setting, callbacks)

@@ -4,7 +4,7 @@ checks of numeric arguments, and the folder of a run's files."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,14 +68,21 @@ def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[No
             setattr(pl_module, name, method)
 
 
-META_COUNTERS = ("meta/task", "meta/step")
+FIRST_TASK = "meta/first_task"
+"""The first task of a batch of several, which :func:`log_meta_progress` logs beside the last."""
+
+META_COUNTERS = ("meta/task", "meta/step", FIRST_TASK)
 """The names :func:`log_meta_progress` logs the counters under."""
 
 
-def log_meta_progress(pl_module: L.LightningModule, task: int, meta_step: int) -> None:
+def log_meta_progress(pl_module: L.LightningModule, task: int | Sequence[int], meta_step: int) -> None:
     """Show the meta-learning counters in the progress bar and log them: ``meta/task``, the position in the task
-    stream of the task being trained, and ``meta/step``, the meta-steps done."""
-    counters = dict(zip(META_COUNTERS, (float(task), float(meta_step))))
+    stream of the task being trained (the last of ``task`` when a batch trains several), ``meta/step``, the
+    meta-steps done, and for several tasks ``meta/first_task``, the first of them."""
+    tasks = [task] if isinstance(task, int) else list(task)
+    counters = {META_COUNTERS[0]: float(tasks[-1]), META_COUNTERS[1]: float(meta_step)}
+    if len(tasks) > 1:
+        counters[FIRST_TASK] = float(tasks[0])
     pl_module.log_dict(counters, prog_bar=True, on_step=True, on_epoch=False)
 
 

@@ -12,14 +12,13 @@ import torch
 import wandb
 
 from lightning_meta import Leap, MetaInit
-from lightning_meta.engine import LeapRule
 from lightning_meta.cli import main
+from lightning_meta.engine import LeapRule
 from lightning_meta.recipes import AtariActorCritic
 from lightning_meta.recipes.actor_critic import n_step_returns
 from lightning_meta.tasks import AtariDataModule, AtariGames
 from lightning_meta.tasks.atari import make_vector_env
 from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
-
 
 ROOT = Path(__file__).parents[1]
 

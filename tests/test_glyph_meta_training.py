@@ -10,8 +10,8 @@ from helpers import make_trainer
 from torchvision.transforms import v2
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit
-from lightning_meta.engine import LeapRule, ReptileRule
 from lightning_meta.cli import main
+from lightning_meta.engine import LeapRule, ReptileRule
 from lightning_meta.recipes import ConvClassifier, MAMLClassifier, MultiHeadClassifier
 from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets, Omniglot, TaskDataModule
 

@@ -110,11 +110,13 @@ def test_default_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert GlyphAlphabets(seed=3).path == tmp_path / "glyphs-v2-seed3.pt"
 
 
-def test_same_seed_same_bytes_other_seed_other_split(small: None, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_other_split(small: None, tmp_path: Path, capsys) -> None:
     first = GlyphAlphabets(root=str(tmp_path / "a"), num_val=2, num_test=3)
     second = GlyphAlphabets(root=str(tmp_path / "b"), num_val=2, num_test=3)
     other = GlyphAlphabets(root=str(tmp_path / "c"), seed=1, num_val=2, num_test=3)
     assert len(first.alphabets()) == 6
+    rendering = capsys.readouterr().err  # the first build announces itself with a bar that counts the alphabets
+    assert f"Rendering the glyph alphabets once, into {first.path}" in rendering and "6/6" in rendering
     assert first.alphabets().keys() == second.alphabets().keys() == other.alphabets().keys()
     assert all(torch.equal(first.alphabets()[name], second.alphabets()[name]) for name in first.alphabets())
     assert first.path.read_bytes() == second.path.read_bytes()
@@ -122,7 +124,7 @@ def test_same_seed_same_bytes_other_seed_other_split(small: None, tmp_path: Path
     assert first.splits() == second.splits() != other.splits()
 
 
-def fake_build(seed: int) -> dict[str, torch.Tensor]:
+def fake_build(seed: int, announce: str | None = None) -> dict[str, torch.Tensor]:
     return {f"Fake-{i}": torch.full((20, 20, 28, 28), seed, dtype=torch.uint8) for i in range(3)}
 
 

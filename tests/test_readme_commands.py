@@ -1,8 +1,9 @@
-"""The README's commands work as written: each runs in a subprocess, from a folder laid out like the clone, at a tiny
-size (only sizes are added to its command line, and a logging interval no longer than the tiny epochs), prints no
-warning and ends with the results summary. The commands that cannot run here say why in ``NOT_RUN``; a README
-command that matches no rule fails the first test. ``lightning-meta --help`` names every recipe, and ``--verbose``
-brings back what quiet runs hide.
+"""The commands of the README's and the docs' ``bash`` blocks work as written, from the clone with the venv active
+(which README.md, docs/index.md and notebooks/README.md say once): each runs in a subprocess, from a folder laid
+out like the clone, at a tiny size (only sizes are added to its command line, and a logging interval no longer than
+the tiny epochs), prints no warning and ends with the results summary. The commands that cannot run here say why in
+``NOT_RUN``; a command that matches no rule fails the first test. ``lightning-meta --help`` names every recipe, and
+``--verbose`` brings back what quiet runs hide.
 """
 
 from __future__ import annotations
@@ -31,16 +32,26 @@ LANGUAGE_MODEL = [
     "--data.inner_steps=4", "--data.meta_batch_size=1", "--data.eval_bytes=48", "--trainer.max_steps=4",
 ]  # fmt: skip
 
-RUN: dict[str, list[str]] = {  # a README command (regular expression) -> what makes it tiny
+VISION = [*OMNIGLOT, "--model.init_args.cosine_steps=2"]
+
+RUN: dict[str, list[str]] = {  # a documented command (regular expression) -> what makes it tiny
     r"lightning-meta fit --config recipes/omniglot/leap\.yaml --config recipes/omniglot/quick\.yaml": [
         *OMNIGLOT, LOGGING,
     ],
-    r"lightning-meta fit --config recipes/learned_optimizer/quadratics\.yaml": ["--trainer.max_steps=8"],
-    r"python recipes/vision/sweep\.py --quick --out outputs/vision/quick": [
-        "--", *OMNIGLOT, "--model.init_args.cosine_steps=2", LOGGING,
+    r"lightning-meta fit --config recipes/omniglot/leap\.yaml": [*OMNIGLOT, LOGGING],
+    r"lightning-meta fit --config recipes/omniglot/reptile\.yaml --config recipes/omniglot/quick\.yaml": [
+        *OMNIGLOT, LOGGING,
     ],
+    r"lightning-meta fit --config recipes/omniglot/maml\.yaml --config recipes/omniglot/quick\.yaml": [
+        "--model.init_args.inner_steps=2", *OMNIGLOT[1:], LOGGING,
+    ],
+    r"lightning-meta fit --config recipes/learned_optimizer/quadratics\.yaml": ["--trainer.max_steps=8"],
+    r"python recipes/vision/sweep\.py --quick --out outputs/vision/quick": ["--", *VISION, LOGGING],
+    r"lightning-meta fit --config recipes/vision/leap\.yaml": [*VISION, LOGGING],
+    r"lightning-meta fit --config recipes/vision/leap\.yaml --config recipes/vision/quick\.yaml": [*VISION, LOGGING],
     r"lightning-meta fit --config recipes/atari/quick\.yaml": [*ATARI, LOGGING],
     r"lightning-meta fit --config recipes/atari/leap\.yaml": [*ATARI, LOGGING],
+    r"lightning-meta fit --config recipes/atari/leap\.yaml --trainer\.logger=WandbLogger": [*ATARI, LOGGING],
     r"lightning-meta fit --config recipes/dynamical_lm/quick\.yaml": [*LANGUAGE_MODEL, LOGGING],
     # the one override that is not a size: the test machine may have no GPU
     r"lightning-meta fit --config recipes/dynamical_lm/gpu\.yaml": [
@@ -57,25 +68,44 @@ NOT_RUN: dict[str, str] = {
     r"--trainer\.devices=8 --trainer\.strategy=ddp": "needs 8 GPUs (tests/test_ddp.py runs DDP on 2 CPU processes)",
     r"^srun ": "needs a SLURM cluster",
     r"^torchrun ": "needs several machines",
+    r"--data\.family=omniglot|recipes/vision/torchvision\.yaml": (
+        "downloads the real data sets (tests/test_omniglot.py and tests/test_vision_family.py read files written in "
+        "their formats)"
+    ),
+    r"--data\.family\.root=DIR": "DIR is your folder (tests/test_dynamical_lm.py reads generated WikiText and .txt)",
+    r"recipes/omniglot/sweep\.py|recipes/vision/sweep\.py .*--jobs|--report-only|sweep\.py --out": (
+        "sweeps of 27 to 210 cells, or their report of a finished sweep's CSV: tests/test_sweep_and_wandb.py runs "
+        "both scripts with fewer cells at a tiny size (with --quick, in worker processes, killed and resumed); the "
+        "README's vision sweep runs here whole at a tiny size"
+    ),
+    r"^jupyter lab": "starts a notebook server (tests/test_notebooks.py runs every notebook in a kernel)",
+    r"nbclient": "runs a notebook at its default size, minutes (tests/test_notebooks.py runs each at a tiny size)",
 }
+ACTIVATE = "source .venv/bin/activate"
+"""The line the README, the docs' home page and the notebooks' README say once; every command after it uses it."""
+PAGES = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WARNING = re.compile(r"\.py:\d+: |Warning|warning|💡")
 """What a warning looks like in the output: Lightning's ``path.py:line: message`` format, Python's categories, tips."""
 
 
-def readme_commands() -> list[str]:
-    """Every command of the README's ``bash`` blocks: one per line, ``&&`` chains split, comments dropped."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
-        for line in block.splitlines():
-            line = line.split(" # ")[0].strip()
-            if line and not line.startswith("#"):
-                commands += [part.strip() for part in line.split("&&")]
-    return commands
+def documented_commands() -> list[str]:
+    """Every command of the pages' ``bash`` blocks, once: one per line (``\\`` continues a line), ``&&`` chains split,
+    comments, a leading ``time`` and the venv's ``.venv/bin/`` dropped."""
+    commands: list[str] = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^time ", "", line.split(" # ")[0].strip())
+                if line and not line.startswith("#"):
+                    commands += [" ".join(part.replace(".venv/bin/", "").split()) for part in line.split("&&")]
+    return list(dict.fromkeys(commands))  # in the venv, .venv/bin/lightning-meta is lightning-meta
 
 
 def rule(command: str) -> list[str] | str | None:
     """The tiny arguments of a command that runs here, the reason why it does not, or ``None``."""
     command = command.replace(".venv/bin/", "")
+    if (match := re.fullmatch(r"((?:\w+=\S+ )*)(.*)", command)) is not None:
+        command = match.group(2)  # environment assignments (OMP_NUM_THREADS=1) are not the command
     for pattern, tiny in RUN.items():
         if re.fullmatch(pattern, command):
             return tiny
@@ -93,17 +123,25 @@ def run(command: str, extra: list[str], folder: Path, glyph_root: str) -> subpro
     )
 
 
-def test_every_readme_command_runs_here_or_says_why_not():
-    commands = readme_commands()
-    assert len(commands) >= 15, commands
+def test_every_documented_command_runs_here_or_says_why_not():
+    commands = documented_commands()
+    assert len(commands) >= 30, commands
     unknown = [command for command in commands if rule(command) is None]
-    assert not unknown, f"README commands without a rule in tests/test_readme_commands.py: {unknown}"
-    ran = {pattern for pattern in RUN if any(re.fullmatch(pattern, c.replace(".venv/bin/", "")) for c in commands)}
-    assert ran == set(RUN), f"rules for commands the README no longer has: {set(RUN) - ran}"
+    assert not unknown, f"commands without a rule in tests/test_readme_commands.py: {unknown}"
+    ran = {pattern for pattern in RUN if any(rule(c) is RUN[pattern] for c in commands)}
+    assert ran == set(RUN), f"rules for commands the pages no longer have: {set(RUN) - ran}"
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if isinstance(rule(c), list)])
-def test_the_readme_command_runs_quietly_and_ends_with_a_summary(command, tmp_path, glyph_root):
+def test_the_venv_is_said_once_before_the_commands_that_need_it():
+    for page in (ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "notebooks" / "README.md"):
+        text = page.read_text()
+        assert ACTIVATE in text, f"{page.name} does not say how to activate the venv"
+        bare = re.search(r"```bash\n(?:[^`]*\n)?(lightning-meta|python|pip|jupyter) ", text)
+        assert bare is None or text.index(ACTIVATE) < bare.start(), f"{page.name} uses the venv before saying so"
+
+
+@pytest.mark.parametrize("command", [c for c in documented_commands() if isinstance(rule(c), list)])
+def test_the_documented_command_runs_quietly_and_ends_with_a_summary(command, tmp_path, glyph_root):
     tiny = rule(command)
     assert isinstance(tiny, list)
     result = run(command, tiny, tmp_path, glyph_root)
@@ -114,6 +152,8 @@ def test_the_readme_command_runs_quietly_and_ends_with_a_summary(command, tmp_pa
     assert summaries and "Results (" in result.stderr, output[-4000:]
     for summary in summaries:  # next to the run's metrics
         assert (summary.parent / "metrics.csv").exists() or (summary.parent / "config.yaml").exists()
+    named = [p.name for p in (tmp_path / "outputs").rglob("*.ckpt") if p.name not in ("last.ckpt", "final.ckpt")]
+    assert all(name.startswith("meta-step=") for name in named), named  # checkpoints count meta-steps
 
 
 def test_help_names_every_recipe_with_its_command_and_says_nothing_of_wandb():

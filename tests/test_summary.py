@@ -52,19 +52,53 @@ def test_the_summary_holds_each_evaluation_and_the_runs_files(tmp_path, caplog):
             "train_loss_auc": mean([plain_auc(task) for task in curves.loss.tolist()]),
             "train_error_auc": mean([plain_auc(task) for task in curves.error.tolist()]),
             "final_train_loss": mean([task[-1] for task in curves.loss.tolist()]),
-            "test_accuracy": mean(curves.test_accuracy.tolist()),
+            "test_accuracy_batch_statistics": mean(curves.test_accuracy_batch_statistics.tolist()),
+            "test_accuracy_running_statistics": mean(curves.test_accuracy_running_statistics.tolist()),
         }
+        assert "test_accuracy" not in row  # the batch-statistics column, under the evaluation's default mode
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, abs=1e-6)
     report = "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("Results"))
     lines = report.splitlines()
     assert lines[0] == f"Results ({summary.path}):"
     assert lines[1] == "MetaEvaluation (split test, tasks 2, steps_per_task 2)"
-    assert lines[3].split()[:3] == ["initial", "weights", "0"] and lines[5].split()[:3] == ["meta-step", "2", "2"]
+    table = lines[2 : lines.index(next(line for line in lines if line.startswith("Figure:")))]
+    assert max(map(len, table)) <= 100  # transposed: one line per measure, one column per evaluation
+    assert table[0].split() == ["initial", "weights", "meta-step", "1", "meta-step", "2"]
+    assert [line.split()[0] for line in table[1:]] == [
+        "step", "train_loss_auc", "final_train_loss", "test_loss", "train_error_auc", "final_train_error",
+        "test_accuracy_batch_statistics", "test_accuracy_running_statistics",
+    ]  # fmt: skip
     assert f"Figure:      {folder / 'meta_evaluation_test.png'}" in lines
     assert f"Checkpoint:  {folder / 'checkpoints' / 'final.ckpt'}" in lines
     assert f"Logs:        {folder / 'metrics.csv'}" in lines
     assert (folder / "meta_evaluation_test.png").exists() and (folder / "checkpoints" / "final.ckpt").exists()
+
+
+def test_a_table_too_wide_is_transposed_and_one_still_too_wide_split_into_tables_of_the_columns_that_fit():
+    rows = [{"weights": "initial", "loss_auc": 1.0, "error_auc": 0.5}, {"weights": "step 1", "loss_auc": 0.25,
+                                                                         "error_auc": 0.125}]  # fmt: skip
+    assert format_table("T", rows, width=40) == (
+        "T\n"
+        "  weights  loss_auc  error_auc\n"
+        "  initial     1.000      0.500\n"
+        "  step 1      0.250      0.125"
+    )
+    assert format_table("T", rows, width=28) == (
+        "T\n"
+        "             initial  step 1\n"
+        "  loss_auc     1.000   0.250\n"
+        "  error_auc    0.500   0.125"
+    )
+    assert format_table("T", rows, width=20) == (
+        "T\n"
+        "  weights  loss_auc\n"
+        "  initial     1.000\n"
+        "  step 1      0.250\n"
+        "  weights  error_auc\n"
+        "  initial      0.500\n"
+        "  step 1       0.125"
+    )
 
 
 def test_a_run_that_evaluates_nothing_reports_its_last_logged_metrics(tmp_path):

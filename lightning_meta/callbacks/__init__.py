@@ -1,7 +1,8 @@
-"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, summary;
-and the checkpoint saved when a run is asked to stop."""
+"""Trajectory meta-learners as Lightning callbacks, and what a run shows: held-out evaluation, progress, checkpoints,
+summary; and the checkpoint saved when a run is asked to stop."""
 
 from lightning_meta.callbacks.atari_evaluation import AtariEvaluation
+from lightning_meta.callbacks.checkpoint import MetaCheckpoint
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.leap import Leap
 from lightning_meta.callbacks.meta_evaluation import MetaEvaluation
@@ -16,6 +17,7 @@ __all__ = [
     "CheckpointOnSignal",
     "HeldOutEarlyStopping",
     "Leap",
+    "MetaCheckpoint",
     "MetaEvaluation",
     "MetaInit",
     "MetaProgressBar",

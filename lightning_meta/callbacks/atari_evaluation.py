@@ -169,6 +169,14 @@ class AtariEvaluation(L.Callback):
         random, human = self.scores[game]
         return (returns - random) / (human - random)
 
+    def held_out_steps_left(self, trainer: L.Trainer) -> int:
+        """The updates the evaluation at the end of fit will take on this process (all on process 0;
+        :class:`~lightning_meta.protocols.PlansHeldOutSteps`, for the progress bar's ETA)."""
+        data = getattr(trainer, "datamodule", None)
+        if self.curves or not trainer.is_global_zero or not isinstance(data, AtariDataModule):
+            return 0
+        return len(data.games.games("test")) * 2 * len(self.seeds) * updates_per_run(data, self.env_steps)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = self._plot_path(trainer)  # on every process: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:  # the other processes wait at the barrier
@@ -191,7 +199,7 @@ class AtariEvaluation(L.Callback):
         games = data.games.games("test")
         sizes = f"{len(games)} games x {len(self.seeds)} seeds x 2 encoders, {self.env_steps} steps each"
         title = f"Held-out games ({sizes})"
-        total = len(games) * 2 * len(self.seeds) * updates_per_run(data, self.env_steps)
+        total = len(games) * 2 * len(self.seeds) * updates_per_run(data, self.env_steps)  # as held_out_steps_left
         device = trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
         with held_out_progress(trainer, title, total) as advance:
             for game in games:

@@ -53,7 +53,7 @@ from lightning_meta.callbacks.diverged import with_resume_hint
 from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
-from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
 from lightning_meta.engine import MetaTrainingDiverged
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
@@ -378,6 +378,7 @@ class MetaEvaluation(L.Callback):
         self._datamodule = datamodule
         self._meta = next((c for c in trainer.callbacks if isinstance(c, MetaInit)), None)  # type: ignore[attr-defined]
         self._counter = pl_module if implements(pl_module, CountsMetaSteps, "MetaEvaluation") else None
+        use_meta_progress_bar(trainer, pl_module, stage)  # in place of Lightning's default bar, one per epoch
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -427,12 +428,32 @@ class MetaEvaluation(L.Callback):
             return self._meta.meta_steps
         return self._counter.meta_steps_done(trainer.global_step) if self._counter else trainer.global_step
 
+    def _last_meta_step(self, trainer: L.Trainer) -> int:
+        """The meta-step (the step, without a meta-learner) at which fit ends: ``max_steps``'."""
+        if self._meta is not None:
+            return self._meta.schedule.meta_steps_done(trainer.max_steps)
+        return self._counter.meta_steps_done(trainer.max_steps) if self._counter else trainer.max_steps
+
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = self._meta_step(trainer)
         due = self.every_n_meta_steps and step and step % self.every_n_meta_steps == 0
-        if due and (not self.history or self.history[-1][0] != step):
+        last = 0 < trainer.max_steps <= trainer.global_step  # the final evaluation, while the run's bar is open
+        if (due or last) and (not self.history or self.history[-1][0] != step):
             self.evaluate(trainer, pl_module)
+
+    def held_out_steps_left(self, trainer: L.Trainer) -> int:
+        """The held-out training steps this process will still take until fit ends: the evaluations due every
+        ``every_n_meta_steps`` meta-steps and at the end, and the weights the run started from, if not yet done
+        (:class:`~lightning_meta.protocols.PlansHeldOutSteps`, for the progress bar's ETA)."""
+        if trainer.max_steps <= 0:
+            return 0
+        now, last, every = self._meta_step(trainer), self._last_meta_step(trainer), self.every_n_meta_steps
+        due = set(range(every * (now // every + 1), last + 1, every)) if every else set()
+        if not self.history or self.history[-1][0] != last:
+            due.add(last)
+        evaluations = len(due) + (self.initial is None and self._initial_state is not None)
+        return evaluations * len(range(trainer.global_rank, len(self._tasks), trainer.world_size)) * self.steps_per_task
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -539,11 +560,13 @@ class MetaEvaluation(L.Callback):
     def results(self) -> list[dict[str, str | int | float]]:
         """One row per evaluation, for the run's summary: the weights the run started from (``step`` 0), then
         theta_0 at each evaluated meta-step (the module's weights at each training step without a meta-learner);
-        the means over the held-out tasks of :meth:`HeldOutCurves.summary`."""
+        the means over the held-out tasks of :meth:`HeldOutCurves.summary`, less ``test_accuracy``, which is one of
+        the two named accuracies (the evaluation's BatchNorm mode) and would repeat it."""
         evaluated = [("initial weights", 0, self.initial)] if self.initial is not None else []
         evaluated += [(self._weights(step), step, curves) for step, curves in self.history]
         shared = {"split": self.split, "tasks": len(self._tasks), "steps_per_task": self.steps_per_task}
-        return [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
+        rows = [{"weights": name, "step": step, **shared, **curves.summary()} for name, step, curves in evaluated]
+        return [{key: value for key, value in row.items() if key != "test_accuracy"} for row in rows]
 
     def plot(self, trainer: L.Trainer, path: Path | None = None) -> Path:
         """Write the mean held-out learning curves (initial weights vs. the evaluations of theta_0) as a PNG."""

@@ -40,6 +40,7 @@ from typing_extensions import override
 
 from lightning_meta.callbacks import sharded
 from lightning_meta.callbacks.diverged import with_resume_hint
+from lightning_meta.callbacks.progress import use_meta_progress_bar
 from lightning_meta.callbacks.task_batched import TaskBatchedTraining
 from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.engine import (
@@ -245,6 +246,7 @@ class MetaInit(L.Callback):
                     "parallel='tasks' under DDP, or leave task_batch unset."
                 )
             TaskBatchedTraining.check_setup(trainer, schedule.task_batch, name)
+        use_meta_progress_bar(trainer, pl_module, stage)  # in place of Lightning's default bar, one per epoch
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -48,23 +48,53 @@ def format_value(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def format_table(title: str, rows: list[Row]) -> str:
-    """``rows`` as an aligned text table under ``title``; non-float columns whose value all rows share go into the
-    title instead. Text columns are aligned left, numbers right."""
+WIDTH = 100
+"""Columns the printed tables fit in."""
+
+Column = tuple[str, list[str], bool]
+"""A printed column: its header, its cells and whether it is aligned left (text) rather than right (numbers)."""
+
+
+def format_table(title: str, rows: list[Row], width: int = WIDTH) -> str:
+    """``rows`` as an aligned text table under ``title`` that fits ``width`` columns; non-float columns whose value
+    all rows share go into the title instead. Text columns are aligned left, numbers right. A table too wide is
+    printed transposed (one line per column, one column per row); one still too wide, as several tables of the
+    columns that fit, each beginning with the first column."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     shared = [c for c in columns if len(rows) > 1 and not isinstance(rows[0].get(c), float)]
     shared = [c for c in shared if all(row.get(c) == rows[0].get(c) for row in rows)]
     columns = [c for c in columns if c not in shared]
     if shared:
         title += " (" + ", ".join(f"{c} {format_value(rows[0][c])}" for c in shared) + ")"
-    cells = [[format_value(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    text = [isinstance(rows[0].get(c), str) for c in columns]
+    table = [(c, [format_value(row.get(c, "")) for row in rows], isinstance(rows[0].get(c), str)) for c in columns]
+    if _width(table) <= width:
+        return "\n".join([title, *_lines(table)])
+    label, values = table[0], table[1:]
+    transposed = [("", [header for header, _, _ in values], True)]
+    transposed += [(label[1][i], [cells[i] for _, cells, _ in values], False) for i in range(len(rows))]
+    if _width(transposed) <= width:
+        return "\n".join([title, *_lines(transposed)])
+    blocks: list[list[Column]] = [[label]]
+    for column in values:
+        if len(blocks[-1]) > 1 and _width([*blocks[-1], column]) > width:
+            blocks.append([label])
+        blocks[-1].append(column)
+    return "\n".join([title, *(line for block in blocks for line in _lines(block))])
+
+
+def _width(table: list[Column]) -> int:
+    return 2 + sum(max(len(header), *map(len, cells)) for header, cells, _ in table) + 2 * (len(table) - 1)
+
+
+def _lines(table: list[Column]) -> list[str]:
+    widths = [max(len(header), *map(len, cells)) for header, cells, _ in table]
 
     def line(values: list[str]) -> str:
-        return "  " + "  ".join(v.ljust(w) if left else v.rjust(w) for v, w, left in zip(values, widths, text))
+        cells = (v.ljust(w) if left else v.rjust(w) for v, w, (_, _, left) in zip(values, widths, table))
+        return ("  " + "  ".join(cells)).rstrip()
 
-    return "\n".join([title, line(columns), *(line(values) for values in cells)]).rstrip()
+    rows = len(table[0][1])
+    return [line([header for header, _, _ in table]), *(line([c[1][i] for c in table]) for i in range(rows))]
 
 
 class RunSummary(L.Callback):

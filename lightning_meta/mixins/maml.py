@@ -301,7 +301,7 @@ class MAMLMixin:
         result = self.maml_loss(batch)
         self._log_result("train", result, batch)
         module = self._as_module()
-        log_meta_progress(module, batch.tasks[-1], self.meta_steps_done(module.global_step))
+        log_meta_progress(module, batch.tasks, self.meta_steps_done(module.global_step))
         return result.loss
 
     @torch.inference_mode(False)

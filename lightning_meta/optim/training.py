@@ -150,7 +150,7 @@ class LearnedOptimizerTraining(L.LightningModule):
             optimizer.step()
             states = [state.detached() for state in states]
             self.log("meta_loss", total.detach(), prog_bar=True)
-        log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+        log_meta_progress(self, batch.tasks, self.meta_steps_done(self.global_step))
         self.log("final_optimizee_loss", self._final_loss(states, batch))
 
     def _final_loss(self, states: list[UnrollState], batch: EpisodeBatch) -> Tensor:

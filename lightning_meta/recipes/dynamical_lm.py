@@ -54,7 +54,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.func import functional_call
 
-from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
 from lightning_meta.checkpoint_files import ChecksCheckpointClass
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
@@ -191,7 +191,13 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
 
     def meta_steps_done(self, optimizer_steps: int) -> int:
         """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
-        return max(0, optimizer_steps - self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch)
+        return max(0, optimizer_steps - self.pretraining_steps)
+
+    @property
+    def pretraining_steps(self) -> int:
+        """Optimizer steps of pretraining, before meta-training begins (:class:`~lightning_meta.protocols.Pretrains`:
+        the progress bar labels them so)."""
+        return self.hparams["pretrain_batches"] * self.optimizer_steps_per_batch
 
     def setup(self, stage: str) -> None:
         if self.trainer.world_size > 1:
@@ -201,6 +207,7 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
             )
         if not isinstance(task_datamodule(self.trainer), DocumentDataModule):
             raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
+        use_meta_progress_bar(self.trainer, self, stage)  # in place of Lightning's default bar, one per epoch
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
@@ -271,7 +278,7 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
                 torch.nn.utils.clip_grad_norm_(parameters, self.hparams["gradient_clip"])
             optimizer.step()
             states = [state.detached() for state in states]
-        log_meta_progress(self, batch.tasks[-1], self.meta_steps_done(self.global_step))
+        log_meta_progress(self, batch.tasks, self.meta_steps_done(self.global_step))
 
     def _windows(self, batch: DocumentBatch, meta: bool) -> list[tuple[int, int]]:
         """The truncation windows of a batch's crop: of ``truncation`` segments while meta-training; while the LM

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font, LoadFlags
 from PIL import Image
 from torch import Tensor
+from tqdm import tqdm
 
 from lightning_meta.atomic_files import write_atomically
 from lightning_meta.tasks.alphabets import DRAWERS, AlphabetFamily
@@ -134,17 +135,19 @@ class GlyphAlphabets(AlphabetFamily):
                 cached = {}
             if isinstance(cached, dict) and cached.get("stamp") == stamp:
                 return cached["alphabets"]
-        alphabets = build_alphabets(self.seed)
+        alphabets = build_alphabets(self.seed, announce=f"Rendering the glyph alphabets once, into {self.path}")
         write_atomically(self.path, lambda file: torch.save({"stamp": stamp, "alphabets": alphabets}, file))
         return alphabets
 
 
-def build_alphabets(seed: int) -> dict[str, Tensor]:
-    """Render every alphabet: name -> ``uint8 [characters, 20, 28, 28]``."""
+def build_alphabets(seed: int, announce: str | None = None) -> dict[str, Tensor]:
+    """Render every alphabet: name -> ``uint8 [characters, 20, 28, 28]``; with ``announce``, a progress bar of that
+    label counts the alphabets (on standard error: the first run renders for about half a minute)."""
     fonts = _fonts()
     generator = torch.Generator().manual_seed(seed)
     alphabets = {}
-    for name, codepoints in alphabet_characters(fonts):
+    characters = alphabet_characters(fonts)
+    for name, codepoints in tqdm(characters, announce, unit="alphabet", disable=announce is None, dynamic_ncols=True):
         canvases, strokes = [], []
         for codepoint in codepoints:
             covering = [font for font, charmap in fonts if codepoint in charmap]
