@@ -21,7 +21,9 @@ Each run's time is process CPU time per inner step over ``--steps`` steps after 
 timestamps at ``on_train_batch_start``; raw and engine: at the top of each step). ``--steps`` must be a multiple of
 ``--inner-steps``. Configurations are interleaved over ``--repeats`` rounds, the order rotating each round; the
 table gives the median and range (min-max) over rounds of ms per step, and of the per-round ratio to ``raw``.
-Use ``--threads 1``: then process CPU time is the work done, whatever else the machine runs.
+Use ``--threads 1``: then process CPU time is the work done, whatever else the machine runs. With ``--device cuda``
+the four runs train on the GPU and the time is wall time, the device synchronised at every timestamp (in all four
+alike), since process CPU time does not count the GPU's work.
 
 ``--profile N`` instead runs ``lightning+leap`` for N steps under ``cProfile`` and prints the most expensive
 functions, each marked as ours (``lightning_meta``, this benchmark) or not, the callers of ``inspect.cleandoc`` and
@@ -121,18 +123,26 @@ def task_batches(family: TaskFamily, tasks: int, args: argparse.Namespace) -> Ba
     """The batches of the first ``tasks`` tasks of the stream the Trainer runs see, collated in memory."""
     data = TaskDataModule(family, inner_steps=args.inner_steps, batch_size=args.batch_size,
                           tasks_per_epoch=tasks, seed=args.seed)
-    batches = [(b.inputs, b.targets) for b in data.train_dataloader()]
+    batches = [(x, y) for x, y in data.train_dataloader()]  # a glyph task's batch is [images, labels]
     k = args.inner_steps
     return [batches[t * k : (t + 1) * k] for t in range(tasks)]
 
 
 def fresh_model(args: argparse.Namespace) -> ConvClassifier:
     torch.manual_seed(args.seed)
-    return ConvClassifier(num_classes=CLASSES, channels=args.channels, lr=0.1)
+    return ConvClassifier(num_classes=CLASSES, channels=args.channels, lr=0.1).to(args.device)
+
+
+def clock(args: argparse.Namespace) -> float:
+    """Process CPU seconds on CPU; on CUDA wall seconds once the device has finished its queued work."""
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def plain_loop(name: str, tasks: Batches, args: argparse.Namespace) -> list[float]:
-    """``raw`` or ``engine``: CPU timestamps at the top of every step."""
+    """``raw`` or ``engine``: timestamps (:func:`clock`) at the top of every step."""
     model = fresh_model(args)
     stamps: list[float] = []
     raw = RawLeap(model, meta_lr=0.1) if name == "raw" else None
@@ -141,7 +151,8 @@ def plain_loop(name: str, tasks: Batches, args: argparse.Namespace) -> list[floa
         raw.start() if raw else meta.start_task()  # type: ignore[union-attr]
         inner = torch.optim.SGD(model.parameters(), lr=0.1)
         for x, y in batches:
-            stamps.append(time.process_time())
+            stamps.append(clock(args))
+            x, y = x.to(args.device), y.to(args.device)
             loss = F.cross_entropy(model(x), y)
             inner.zero_grad()
             loss.backward()
@@ -150,21 +161,23 @@ def plain_loop(name: str, tasks: Batches, args: argparse.Namespace) -> list[floa
         with torch.no_grad():
             final = F.cross_entropy(model(x), y)  # f(theta_K) on the last batch
         raw.end(final) if raw else meta.end_task(final_loss=final)  # type: ignore[union-attr]
-    stamps.append(time.process_time())
+    stamps.append(clock(args))
     return stamps
 
 
 def trainer_run(name: str, family: TaskFamily, steps: int, args: argparse.Namespace) -> list[float]:
     model = fresh_model(args)
-    data = TaskDataModule(family, inner_steps=args.inner_steps, batch_size=args.batch_size,
+    data = TaskDataModule(family, inner_steps=args.inner_steps, meta_batch_size=1, batch_size=args.batch_size,
                           tasks_per_epoch=steps // args.inner_steps + 2, seed=args.seed)
-    clock = StepClock(cuda=False)
-    callbacks: list[L.Callback] = [clock] + ([Leap(meta_batch_size=1, meta_lr=0.1)] if name == "lightning+leap" else [])
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, callbacks=callbacks, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    cuda = args.device == "cuda"
+    stamps = StepClock(cuda=cuda)
+    leap = [Leap(meta_lr=0.1)] if name == "lightning+leap" else []
+    callbacks: list[L.Callback] = [stamps, *leap]
+    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=steps, callbacks=callbacks,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
-    return clock.cpu_stamps
+    return stamps.stamps if cuda else stamps.cpu_stamps
 
 
 def per_step_ms(name: str, family: TaskFamily, tasks: Batches, args: argparse.Namespace) -> float:
@@ -188,21 +201,26 @@ def measure(args: argparse.Namespace, family: TaskFamily) -> dict[str, Any]:
         shift = repeat % len(CONFIGURATIONS)
         for name in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
             ms[name].append(per_step_ms(name, family, tasks, args))
-            print(f"  round {repeat}: {name:15s} {ms[name][-1]:8.3f} ms CPU per step", flush=True)
+            print(f"  round {repeat}: {name:15s} {ms[name][-1]:8.3f} ms {time_kind(args)} per step", flush=True)
     result = {}
     for name in CONFIGURATIONS:
         ratios = [t / r for t, r in zip(ms[name], ms["raw"])]
-        result[name] = {"cpu_ms_per_step": ms[name], "median_ms": statistics.median(ms[name]),
+        result[name] = {"ms_per_step": ms[name], "time": time_kind(args), "median_ms": statistics.median(ms[name]),
                         "ratio_to_raw": ratios, "median_ratio": statistics.median(ratios)}
     return result
 
 
+def time_kind(args: argparse.Namespace) -> str:
+    return "wall" if args.device == "cuda" else "CPU"
+
+
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| configuration | CPU ms / inner step, median [range] | ratio to raw, median [range] |",
+    kind = result["raw"]["time"]
+    lines = [f"| configuration | {kind} ms / inner step, median [range] | ratio to raw, median [range] |",
              "|---|---:|---:|"]
     for name in CONFIGURATIONS:
         entry = result[name]
-        ms, ratios = entry["cpu_ms_per_step"], entry["ratio_to_raw"]
+        ms, ratios = entry["ms_per_step"], entry["ratio_to_raw"]
         lines.append(f"| {name} | {entry['median_ms']:.2f} [{min(ms):.2f}-{max(ms):.2f}] | "
                      f"{entry['median_ratio']:.3f} [{min(ratios):.3f}-{max(ratios):.3f}] |")
     return "\n".join(lines)
@@ -251,12 +269,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (use 1 on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the four runs train")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of lightning+leap instead")
     parser.add_argument("--top", type=int, default=30, help="rows of the profile")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.steps % args.inner_steps or args.warmup < 0:
         parser.error("--steps must be a positive multiple of --inner-steps, --warmup >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
     return args
 
 
@@ -277,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(args, family)
     table = markdown(result)
     print(f"\n{table}\n\nConvClassifier({args.channels} channels), batch {args.batch_size}, {args.inner_steps} inner "
-          f"steps per task, Leap p=1 with loss and stabilizer, a meta-step per task; process CPU time, "
+          f"steps per task, Leap p=1 with loss and stabilizer, a meta-step per task; "
+          f"{'wall time on ' + str(info.get('gpu')) if args.device == 'cuda' else 'process CPU time'}, "
           f"{info['torch_threads']} torch thread(s), {info['cpu_count']} CPUs, torch {info['torch']}, lightning "
           f"{info['lightning']}; median [min-max] of {args.repeats} interleaved rounds\n`{command}`")
     if args.json is not None:

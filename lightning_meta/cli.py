@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
 
+from lightning_meta.atomic_files import write_atomically
 from lightning_meta.callbacks import CheckpointOnSignal, MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
 from lightning_meta.checkpoint_io import use_atomic_checkpoints
@@ -38,6 +39,7 @@ from lightning_meta.cli_parse_errors import MetaArgumentParser
 from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
 from lightning_meta.run_folders import claim_version
 from lightning_meta.tasks import StreamDataModule, TaskDataModule
+from lightning_meta.utils import own_run_dir
 
 RECIPES = """\
 Meta-learning recipes for PyTorch Lightning. Run from the repository root; each line is one run:
@@ -86,12 +88,18 @@ def quiet() -> None:
 
 
 class ConfigToLoggers(SaveConfigCallback):
-    """Save the run's full config beside the logs, as Lightning does, and log it to every logger (W&B's run config)."""
+    """Save the run's full config beside the logs, as Lightning does, and log it to every logger (W&B's run config).
+    Where the logger's folder is not the run's own (W&B: Lightning writes ``config.yaml`` into the ``save_dir`` that
+    every run shares), a copy goes into the run's folder too, beside its checkpoints and ``summary.csv``."""
 
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # process 0 only
         config = self.parser.dump(self.config, skip_none=False)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
+        folder = own_run_dir(trainer)
+        if trainer.log_dir is None or folder.resolve() != Path(trainer.log_dir).resolve():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(folder / self.config_filename, lambda file: file.write(config.encode()))
 
 
 class MetaCLI(LightningCLI):

@@ -72,7 +72,9 @@ from lightning_meta.intervals import mean_interval
 Stage = Literal["tune", "test"]
 Setting = dict[str, float]
 Run = Callable[["Cell", Path], list[dict[str, object]]]
-"""One training run: ``(cell, folder to write in) -> rows of metrics`` (one row, or one per held-out task)."""
+"""One training run: ``(cell, folder to write in) -> rows of metrics`` (one row, or one per held-out task). A row may
+name its own ``group``: a run scored at several sizes on its way (e.g. after 20, 50 and 100 meta-steps) writes one
+row per size, and the cell counts as done when one of its rows has the cell's group."""
 
 TEST_SEED_OFFSET = 1000
 """The test run of sweep seed ``s`` uses run seed ``s + TEST_SEED_OFFSET``: not the seed its setting was chosen with."""

@@ -106,14 +106,17 @@ def run_dir(trainer: L.Trainer) -> Path:
         >>> run_dir(L.Trainer(logger=False, default_root_dir="outputs/toy"))
         PosixPath('outputs/toy')
     """
+    return trainer.strategy.broadcast(own_run_dir(trainer))
+
+
+def own_run_dir(trainer: L.Trainer) -> Path:
+    """:func:`run_dir` as this process sees it, without the broadcast (for code that runs on process 0 only)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # here: the engine imports this module
 
     if not trainer.loggers:
-        folder = Path(trainer.default_root_dir)
-    elif isinstance(logger := trainer.loggers[0], (CSVLogger, TensorBoardLogger)):
-        folder = Path(logger.log_dir)
-    else:
-        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-        parts = [str(part) for part in (logger.name, version) if part]
-        folder = Path(logger.save_dir or trainer.default_root_dir, *parts)
-    return trainer.strategy.broadcast(folder)
+        return Path(trainer.default_root_dir)
+    if isinstance(logger := trainer.loggers[0], (CSVLogger, TensorBoardLogger)):
+        return Path(logger.log_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    parts = [str(part) for part in (logger.name, version) if part]
+    return Path(logger.save_dir or trainer.default_root_dir, *parts)

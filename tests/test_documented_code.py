@@ -1,6 +1,8 @@
 """Every Python block of the README and of ``docs/`` runs as written, at a tiny size: the sizes of the run (inner
 steps, meta-batch, tasks trained together, meta-steps, evaluation interval, channels, held-out steps) are
-substituted by the rules of ``TINY``, and nothing else changes. Each block runs in this process from an empty
+substituted by the rules of ``TINY``, and nothing else changes. A block that cannot run in one CPU process (several
+processes under torchrun, GPUs) begins ``# Sketch:`` with why and the test that runs its code; it is listed as
+skipped with that reason. Each block runs in this process from an empty
 working folder, with the embedded glyph alphabets of the session. A block a rule does not reach runs at its own
 size, so a page's new block must be small or get a rule.
 """
@@ -65,6 +67,10 @@ def test_the_readme_and_the_docs_have_python_blocks_and_every_rule_reaches_one()
 
 @pytest.mark.parametrize("block", python_blocks(), ids=str)
 def test_the_block_runs_as_written_at_a_tiny_size(block, tmp_path, monkeypatch, glyph_root):
+    first = block.code.splitlines()[0]
+    if first.startswith("# Sketch:"):  # says why it cannot run in one CPU process, and which test runs its code
+        assert "tests/test_" in first, f"{block}: a sketch names the test that runs its code"
+        pytest.skip(first.removeprefix("# Sketch: "))
     monkeypatch.chdir(tmp_path)  # logs, checkpoints and files the block writes stay in the test's folder
     monkeypatch.setenv("LIGHTNING_META_CACHE", glyph_root)
     torch.manual_seed(0)

@@ -237,8 +237,8 @@ def test_checkpoint_files_are_named_in_meta_steps(tmp_path):
     assert names == ["final.ckpt", "last.ckpt", "meta-step=1.ckpt", "meta-step=2.ckpt"]
 
 
-def test_without_a_meta_learner_checkpoint_names_are_lightnings(tmp_path):
+def test_without_a_meta_learner_checkpoint_names_count_optimizer_steps(tmp_path):
     data = TaskDataModule(ToyFamily(), inner_steps=2, batch_size=4, tasks_per_epoch=2)
     checkpoint = MetaCheckpoint(dirpath=tmp_path, every_n_train_steps=4)
     make_trainer([checkpoint], max_steps=4, enable_checkpointing=True).fit(TinyClassifier(), datamodule=data)
-    assert [p.name for p in tmp_path.iterdir()] == ["epoch=0-step=4.ckpt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["step=4.ckpt"]  # not the epochs of the task stream

@@ -120,3 +120,26 @@ def test_the_sweep_seed_drives_the_split_and_the_run_seed_the_init_the_order_and
     (evaluation,) = [c for c in cli.trainer.callbacks if isinstance(c, MetaEvaluation)]
     assert (evaluation.split, evaluation.seed, evaluation.baseline) == ("val" if stage == "tune" else "test", run_seed, False)
     assert next(c for c in cli.trainer.callbacks if type(c).__name__ == "Leap").meta_lr == 0.3
+
+
+def scored_on_the_way(cell, folder):
+    """A stand-in run scored at two sizes on its way: a row for group "1" and one for the cell's own group "2"."""
+    value = dict(cell.setting)["model.lr"]
+    return [{"group": "1", "auc": abs(value - 0.1)}, {"group": "2", "auc": abs(value - 0.3)}]
+
+
+def test_a_run_scored_at_several_groups_on_its_way_writes_a_row_for_each_and_runs_once(tmp_path):
+    calls = []
+    sweep = Sweep(tmp_path, scored_on_the_way, {"leap": grid(**{"model.lr": [0.1, 0.3]})}, ["auc"], score="auc",
+                  log=calls.append)
+    rows = sweep.run({"leap": ["2"]}, seeds=[0])
+    assert [(r["stage"], r["group"], r["setting"]) for r in rows] == [
+        ("tune", "1", "model.lr=0.1"), ("tune", "2", "model.lr=0.1"), ("tune", "1", "model.lr=0.3"),
+        ("tune", "2", "model.lr=0.3"), ("test", "1", "model.lr=0.3"), ("test", "2", "model.lr=0.3"),  # chosen at 2
+    ]
+    again = sweep.run({"leap": ["2"]}, seeds=[0])  # resumed: every cell has a row of its own group
+    assert len(again) == len(rows) and calls[-2:] == [
+        f"sweep, tuning (validation tasks): 2 cells, 2 already in {sweep.results.path}, 0 to run",
+        f"sweep, test (test tasks, fresh run seeds): 1 cells, 1 already in {sweep.results.path}, 0 to run"]
+    assert chosen_setting(rows, Cell("test", "leap", "1", 0), grid(**{"model.lr": [0.1, 0.3]}), "auc") == {
+        "model.lr": 0.1}  # the tuning rows of group "1" choose for that group

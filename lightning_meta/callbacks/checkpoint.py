@@ -4,8 +4,9 @@ A meta-learning run counts meta-steps, not epochs of a task stream or optimizer 
 is meta-step 1 of the Leap authors' Omniglot protocol). The template may use ``{meta_step}`` beside Lightning's
 ``{epoch}``, ``{step}`` and logged metrics; the meta-steps are counted as the progress bar counts them (the data
 module's task schedule under a meta-learning callback, or a module that counts its own,
-:func:`~lightning_meta.callbacks.progress.meta_step_counter`). Without a meta-learner the default name is
-Lightning's. Every other argument is ``ModelCheckpoint``'s; the recipes use it.
+:func:`~lightning_meta.callbacks.progress.meta_step_counter`). Without a meta-learner (a baseline's pretraining)
+the default name counts optimizer steps, ``step=200.ckpt``: the epochs of an endless task stream mean nothing.
+Every other argument is ``ModelCheckpoint``'s; the recipes use it.
 
 Examples:
     >>> import lightning as L
@@ -60,5 +61,5 @@ class MetaCheckpoint(ModelCheckpoint):
         if counter is not None and self._trainer is not None:
             metrics = {**metrics, "meta_step": torch.tensor(counter.meta_steps_done(self._trainer.global_step))}
         elif "meta_step" not in metrics and (filename or self.filename) == META_STEP_FILENAME:
-            filename = "epoch={epoch}-step={step}"  # no meta-steps to count: Lightning's default name
+            filename = "step={step}"  # no meta-steps to count (a baseline's pretraining): optimizer steps, not epochs
         return super().format_checkpoint_name(metrics, filename, ver, prefix)

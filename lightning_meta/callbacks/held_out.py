@@ -104,6 +104,16 @@ class HeldOutTraining:
         else:
             self.optimizer, self.schedulers = one_optimizer(self.model.configure_optimizers())
 
+    @torch.no_grad()
+    def loss(self, batch: Any, index: int) -> Tensor:
+        """The training loss on ``batch`` at the current weights, with no step; buffers (BatchNorm's running
+        statistics) are left as they were."""
+        buffers = [buffer.clone() for buffer in self.model.buffers()]
+        loss = training_loss(self.model.training_step(batch, index)).detach()
+        for buffer, saved in zip(self.model.buffers(), buffers):
+            buffer.copy_(saved)
+        return loss
+
     def step(self, batch: Any, index: int) -> Tensor:
         """One optimizer step on ``batch``; returns the step's loss (detached)."""
         loss = training_loss(self.model.training_step(batch, index))

@@ -55,7 +55,7 @@ from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
 from lightning_meta.engine import MetaTrainingDiverged
-from lightning_meta.metrics import curve_auc
+from lightning_meta.metrics import TrainingPath, curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
 from lightning_meta.tasks.family import Split, Task, TaskInfo, dataset_length
@@ -89,7 +89,10 @@ class HeldOutCurves:
     ``test_accuracy`` on the held-out data and ``train_accuracy`` on the data the task trained on, both in the
     evaluation's BatchNorm mode; ``test_accuracy_batch_statistics`` and ``test_accuracy_running_statistics`` on the
     held-out data in each mode, named (train mode: every scoring batch normalised with its own statistics; eval
-    mode: the running statistics the task's training steps accumulated, as the Leap authors score)."""
+    mode: the running statistics the task's training steps accumulated, as the Leap authors score). For every
+    module, ``path_length`` ``[tasks]``: the length of each task's training path in the joint (theta, loss) space,
+    Leap's objective (:func:`~lightning_meta.metrics.path_length`: theta is all the module's parameters, the loss
+    each step's training loss; empty in curves saved before it was measured)."""
 
     loss: Tensor
     test_loss: Tensor
@@ -100,15 +103,17 @@ class HeldOutCurves:
     test_accuracy_batch_statistics: Tensor | None = None
     test_accuracy_running_statistics: Tensor | None = None
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    path_length: Tensor = field(default_factory=lambda: torch.empty(0))
 
     def summary(self) -> dict[str, float]:
         """Means over the tasks: the learning-curve AUC and last value of the training loss, the held-out loss, the
-        metrics (``test_<name>``); for classifiers the error AUC, the final training error (all the task's training
-        data after the last step) and the held-out accuracies."""
+        metrics (``test_<name>``), the mean path length; for classifiers the error AUC, the final training error (all
+        the task's training data after the last step) and the held-out accuracies."""
         result = {
             "train_loss_auc": float(curve_auc(self.loss).mean()),
             "final_train_loss": float(self.loss[:, -1].mean()),
             "test_loss": float(self.test_loss.mean()),
+            "path_length": float(self.path_length.mean()),
         }
         if self.error is not None and self.train_accuracy is not None:
             result |= {
@@ -219,9 +224,11 @@ def adapt(
             fit, validation = early_stopping.split(task, seed + index) if early_stopping else (task, task.test)
             monitor = early_stopping.monitor(model) if early_stopping else None
             task_losses, task_errors = [], []
+            path = TrainingPath(model.parameters())
             for step, batch in enumerate(_task_loader(fit, batch_size, inner_steps, seed + index, scoring)):
                 batch = move_data_to_device(batch, device)
                 task_losses.append(run.step(batch, step))
+                path.step(task_losses[-1])
                 if classifier:
                     task_errors.append(_step_error(hook.output, batch, device))
                 done = step + 1
@@ -232,6 +239,7 @@ def adapt(
                     model.train()
                     if monitor.should_stop(done, error):
                         break
+            _append(results, "path_length", path.length(final_loss=run.loss(batch, step)))
             if monitor is not None:
                 monitor.restore_best()
             _append(results, "steps", torch.tensor(float(len(task_losses))))
