@@ -58,6 +58,9 @@ class LearnedOptimizerTraining(L.LightningModule):
         checkpoint_segments: checkpointed segments per truncation window (0: none).
         learn_init: meta-learn the optimizee's init jointly with the optimizer.
         meta_lr: Adam learning rate of the meta-optimizer.
+        objective: the meta-loss is the mean of the optimizee's losses along the unroll (``"loss"``) or of their
+            logarithms (``"log_loss"``: every step's relative progress weighs alike, so that the late steps of a long
+            unroll, where the loss is small, still count).
     """
 
     def __init__(
@@ -71,8 +74,11 @@ class LearnedOptimizerTraining(L.LightningModule):
         checkpoint_segments: int = 0,
         learn_init: bool = False,
         meta_lr: float = 1e-3,
+        objective: Literal["loss", "log_loss"] = "loss",
     ) -> None:
         super().__init__()
+        if objective not in ("loss", "log_loss"):
+            raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}")
         if unroll_steps < 1 or (truncation is not None and truncation < 1):
             raise ValueError(f"unroll_steps and truncation must be >= 1, got {unroll_steps} and {truncation}")
         if isinstance(loss, str) and loss not in LOSSES:
@@ -136,6 +142,7 @@ class LearnedOptimizerTraining(L.LightningModule):
                     stop,
                     first_order=self.hparams["first_order"],
                     segments=self.hparams["checkpoint_segments"],
+                    score=torch.log if self.hparams["objective"] == "log_loss" else None,
                 )
                 total = total + meta_loss / len(batch)
             optimizer.zero_grad()
