@@ -43,10 +43,19 @@ from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
 
 from lightning_meta.data import EpisodeDataModule  # noqa: E402
 from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
-from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, unroll  # noqa: E402
+from lightning_meta.optim import (  # noqa: E402
+    CoordinatewiseLSTM,
+    LearnedOptimizer,
+    SGDAnchoredLSTM,
+    UnrollState,
+    unroll,
+)
 from lightning_meta.optim.training import LearnedOptimizerTraining  # noqa: E402
+from lightning_meta.tooling.sweep import format_interval  # noqa: E402
 
 MIB = 2**20
+GRID = {"SGD": [0.001, 0.003, 0.01, 0.03], "Adam": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}
+"""Learning rates tried for the hand-designed optimizers."""
 
 
 def one_meta_step(dim: int, steps: int, segments: int) -> None:
@@ -83,13 +92,13 @@ def memory(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def curves(family: RandomQuadratics, make_optimizer, steps: int) -> torch.Tensor:
-    """Mean loss of the test functions at steps 0..steps, each trained from its own seeded init."""
+def curves(family: RandomQuadratics, split: str, make_optimizer, steps: int) -> torch.Tensor:
+    """Mean loss of the functions of ``split`` at steps 0..steps, each trained from its own seeded init."""
     losses = torch.zeros(steps + 1)
-    tasks = family.tasks("test")
+    tasks = family.tasks(split)
     for index, task in enumerate(tasks):
         w, y = (t[None] for t in task.train[0])
-        torch.manual_seed(1000 + index)
+        torch.manual_seed({"val": 5000, "test": 1000}[split] + index)
         model = QuadraticOptimizee(family.dim)
         optimizer = make_optimizer(model.parameters())
         for step in range(steps + 1):
@@ -102,36 +111,76 @@ def curves(family: RandomQuadratics, make_optimizer, steps: int) -> torch.Tensor
     return losses
 
 
-def quality(args: argparse.Namespace) -> list[str]:
-    torch.manual_seed(0)
-    family = RandomQuadratics(dim=10, num_train=200, num_test=20)
-    module = LearnedOptimizerTraining(QuadraticOptimizee(10), loss="squared_error", unroll_steps=args.train_unroll,
-                                      truncation=5, meta_lr=3e-3)
-    data = EpisodeDataModule(family, inner_steps=1, batch_size=1, meta_batch_size=4)
-    begin = time.perf_counter()
-    L.Trainer(max_steps=args.meta_batches * module.optimizer_steps_per_batch, logger=False, enable_checkpointing=False,
+def tuned_rates(family: RandomQuadratics, name: str, horizons: list[int]) -> dict[int, float]:
+    """The learning rate of ``torch.optim.<name>`` with the lowest mean validation loss at each horizon."""
+    cls = getattr(torch.optim, name)
+    val = {lr: curves(family, "val", lambda p, lr=lr: cls(p, lr=lr), max(horizons)) for lr in GRID[name]}
+    finite = {lr: torch.nan_to_num(c, nan=math.inf) for lr, c in val.items()}
+    return {h: min(GRID[name], key=lambda lr: float(finite[lr][h])) for h in horizons}
+
+
+def meta_train(family: RandomQuadratics, net: CoordinatewiseLSTM, unroll_steps: int, truncation: int, objective: str,
+               batches: int, seed: int) -> tuple[CoordinatewiseLSTM, float, float]:
+    """The network meta-trained on the family's training functions; CPU and wall seconds."""
+    torch.manual_seed(seed)
+    module = LearnedOptimizerTraining(QuadraticOptimizee(10), net=net, loss="squared_error", unroll_steps=unroll_steps,
+                                      truncation=truncation, meta_lr=3e-3, objective=objective)
+    data = EpisodeDataModule(family, inner_steps=1, batch_size=1, meta_batch_size=4, seed=seed)
+    cpu, wall = time.process_time(), time.perf_counter()
+    L.Trainer(max_steps=batches * module.optimizer_steps_per_batch, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=data)
-    trained_in = time.perf_counter() - begin
-    grid = {"SGD": [0.001, 0.003, 0.01, 0.03], "Adam": [0.01, 0.03, 0.1, 0.3, 1.0]}
-    results = {"learned (LSTM)": curves(family, lambda p: LearnedOptimizer(p, net=module.net), 1000)}
-    for name, rates in grid.items():
+    return module.net, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def quality(args: argparse.Namespace) -> list[str]:
+    family = RandomQuadratics(dim=10, num_train=200, num_val=20, num_test=20)
+    horizons = [20, 200, 1000]
+    rates = {name: tuned_rates(family, name, horizons) for name in GRID}
+    anchor = tuned_rates(family, "SGD", [args.long_unroll])[args.long_unroll]  # SGD tuned for the trained horizon
+    variants = {
+        f"learned, free-form LSTM, unrolls of {args.train_unroll} (the paper's)":
+            (lambda: CoordinatewiseLSTM(), args.train_unroll, 5, "loss"),
+        f"learned, SGD (lr {anchor}) + LSTM correction, unrolls of {args.long_unroll}, log loss":
+            (lambda: SGDAnchoredLSTM(lr=anchor), args.long_unroll, 20, "log_loss"),
+        f"learned, free-form LSTM, unrolls of {args.long_unroll}, log loss":
+            (lambda: CoordinatewiseLSTM(), args.long_unroll, 20, "log_loss"),
+    }
+    lines = [f"Test loss (mean over the 20 test functions; learned: mean over meta-training seeds {args.seeds} and "
+             "the 95 % interval). SGD's and Adam's learning rates: the best of a grid by the mean loss of the 20 "
+             "validation functions at each horizon.", "",
+             "| optimizer | meta-training CPU s (wall s) | after 20 steps | after 200 steps | after 1000 steps |",
+             "|---|---:|---:|---:|---:|"]
+    mean_curves = {}
+    for label, (make_net, unroll_steps, truncation, objective) in variants.items():
+        runs, cpu, wall = [], [], []
+        for seed in args.seeds:
+            net, seconds, elapsed = meta_train(family, make_net(), unroll_steps, truncation, objective,
+                                               args.meta_batches, seed)
+            runs.append(curves(family, "test", lambda p, net=net: LearnedOptimizer(p, net=net), max(horizons)))
+            cpu.append(seconds)
+            wall.append(elapsed)
+            print(label, seed, [round(float(runs[-1][h]), 3) for h in horizons], file=sys.stderr, flush=True)
+        cells = [format_interval([float(r[h]) for r in runs]) for h in horizons]
+        lines.append(f"| {label} | {sum(cpu) / len(cpu):.0f} ({sum(wall) / len(wall):.0f}) | {' | '.join(cells)} |")
+        mean_curves[label] = torch.stack(runs).mean(0)
+    for name, chosen in rates.items():
         cls = getattr(torch.optim, name)
-        short = {lr: curves(family, lambda p, lr=lr, cls=cls: cls(p, lr=lr), 100)[-1] for lr in rates}
-        best = min(short, key=lambda lr: short[lr] if math.isfinite(short[lr]) else math.inf)
-        results[f"{name} (lr {best})"] = curves(family, lambda p, lr=best, cls=cls: cls(p, lr=lr), 1000)
-    lines = [f"Meta-training: {args.meta_batches} batches of 4 quadratics, unrolls of {args.train_unroll} steps, "
-             f"{trained_in:.0f} s.", "",
-             f"| optimizer | loss after {args.train_unroll} steps | after 100 steps | after 1000 steps |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {c[args.train_unroll]:.3g} | {c[100]:.3g} | {c[1000]:.3g} |" for name, c in results.items()]
+        at = [float(curves(family, "test", lambda p, lr=chosen[h], cls=cls: cls(p, lr=lr), h)[h]) for h in horizons]
+        lines.append(f"| {name} (lr {' / '.join(str(chosen[h]) for h in horizons)}) | | "
+                     + " | ".join(f"{v:.3f}" for v in at) + " |")
+        longest = chosen[max(horizons)]
+        mean_curves[f"{name} (lr {longest})"] = curves(family, "test", lambda p, cls=cls, lr=longest: cls(p, lr=lr),
+                                                       max(horizons))
     if args.figure:
-        figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
-        for name, c in results.items():
+        figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for name, c in mean_curves.items():
             axis.plot(c.numpy(), label=name)
-        axis.axvline(args.train_unroll, color="grey", linestyle=":", label="meta-training horizon")
+        axis.axvline(args.train_unroll, color="grey", linestyle=":")
+        axis.axvline(args.long_unroll, color="grey", linestyle="--")
         axis.set_yscale("log")
-        axis.set_xlabel("step")
-        axis.set_ylabel("mean loss on 20 held-out quadratics")
-        axis.legend()
+        axis.set_xlabel("step (dotted, dashed: the meta-training horizons)")
+        axis.set_ylabel("mean loss on 20 test quadratics")
+        axis.legend(fontsize="small")
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.figure, dpi=120)
         plt.close(figure)
@@ -146,8 +195,10 @@ def main() -> None:
     parser.add_argument("--unrolls", nargs="+", type=int, default=[20, 100, 400])
     parser.add_argument("--dim", type=int, default=200, help="dimension of the quadratic in the memory benchmark")
     parser.add_argument("--segment-length", type=int, default=20)
-    parser.add_argument("--train-unroll", type=int, default=20)
+    parser.add_argument("--train-unroll", type=int, default=20, help="the paper's meta-training horizon")
+    parser.add_argument("--long-unroll", type=int, default=200, help="the meta-training horizon of the horizon fix")
     parser.add_argument("--meta-batches", type=int, default=150)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="meta-training seeds")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
     lines = (memory(args) + [""] if args.memory else []) + (quality(args) if args.quality else [])

@@ -42,7 +42,7 @@ MOVED: dict[str, str] = {
     **{f"lightning_meta.tasks.{name}": f"lightning_meta.data.{name}" for name in DATA},
     **{f"lightning_meta.tasks.{name}": f"lightning_meta.families.{name}" for name in FAMILIES},
     **{f"lightning_meta.recipes.{name}": f"lightning_meta.models.{name}" for name in MODELS},
-    **{f"lightning_meta.{name}": f"lightning_meta.tooling.{name}" for name in ("sweep", "intervals", "file_locks")},
+    **{f"lightning_meta.{name}": f"lightning_meta.tooling.{name}" for name in ("sweep", "file_locks")},
     **{
         f"lightning_meta.callbacks.{name}": f"lightning_meta.trainer.{name}"
         for name in ("held_out", "task_batched", "diverged", "early_stopping", "sharded")

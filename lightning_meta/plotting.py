@@ -84,9 +84,11 @@ def plot_position_curves(
     path: Path,
     title: str,
     mark: tuple[str, float] | None = None,
+    bands: dict[str, dict[str, Tensor]] | None = None,
 ) -> Path:
     """One panel per ``{ylabel: {label: values [points]}}`` against ``positions [points]`` (bytes read), e.g. bits per
-    byte against the position in the document; ``mark = (label, position)`` draws a dashed vertical line there."""
+    byte against the position in the document; ``mark = (label, position)`` draws a dashed vertical line there;
+    ``bands`` (same keys, half-widths) shades ``values +- half-width`` where it is finite."""
     figure = Figure(figsize=(5.5 * len(panels), 4), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)
     labels = dict.fromkeys(label for curves in panels.values() for label in curves)
@@ -94,6 +96,9 @@ def plot_position_curves(
     for axis, (ylabel, curves) in zip(axes[0], panels.items()):
         for label, values in curves.items():
             axis.plot(positions, values, label=label, color=colors[label])
+            half = (bands or {}).get(ylabel, {}).get(label)
+            if half is not None:
+                axis.fill_between(positions, values - half, values + half, color=colors[label], alpha=0.15, lw=0)
         if mark is not None:
             axis.axvline(mark[1], color="grey", linestyle="--", label=mark[0])
         axis.set_xlabel("position in the document (bytes read)")

@@ -64,7 +64,8 @@ def test_missing_packages_name_the_extra(monkeypatch):
         make_vector_env("Pong", num_envs=1)
     for name in [name for name in sys.modules if name.startswith("lightning_meta")]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh below, without the Atari packages
-    for name in ("lightning_meta", "lightning_meta.models", "lightning_meta.data", "lightning_meta.families", "lightning_meta.cli"):
+    for name in ("lightning_meta", "lightning_meta.models", "lightning_meta.data", "lightning_meta.families",
+                 "lightning_meta.cli"):
         importlib.import_module(name)
 
 
@@ -191,7 +192,7 @@ def test_paper_scale_config_builds_the_papers_agent():
     assert (model.lr, model.eps, model.alpha, model.entropy_cost, model.discount) == (1e-4, 1e-4, 0.99, 0.01, 0.99)
     assert data.settings.unroll == 5 and data.games.games("test") == ["Breakout", "SpaceInvaders"]
     (leap,) = [c for c in cli.trainer.callbacks if isinstance(c, Leap)]
-    assert leap.rule.p == 2 and leap.options.include == "encoder"
+    assert leap.rule.p == 2 and leap.include == "encoder"
     assert cli.config["trainer"]["accelerator"] == "auto"
 
 

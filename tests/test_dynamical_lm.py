@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_meta.cli import main
-from lightning_meta.families import DocumentDataModule
-from lightning_meta.families import TextDocuments
+from lightning_meta.families import DocumentDataModule, TextDocuments
 from lightning_meta.models import DynamicalLanguageModel
 from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters
 from lightning_meta.models.dynamic_evaluation import read_document, sgd
+from lightning_meta.models.dynamical_lm import window_bounds
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer
 
 RECIPES = Path(__file__).parent.parent / "recipes" / "dynamical_lm"
@@ -226,6 +226,138 @@ def test_the_meta_gradient_through_two_segments_equals_an_explicit_unroll(first_
     assert all(g.abs().sum() > 0 and g.isfinite().all() for g in got)  # the meta-learner itself is trained
 
 
+class EveryStep(Callback):
+    """Keeps the first batch and, at every optimizer step, the gradients and the weights they were taken at."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.batch = batch
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps = getattr(self, "steps", [])
+        self.steps.append({
+            "grads": {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None},
+            "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
+        })
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_the_meta_gradient_of_two_truncation_windows_equals_an_explicit_unroll_carrying_the_state(first_order):
+    """Four updates in two windows of two. The first window's meta-gradient reaches the optimizer and every LM
+    weight; the second starts where the first left the dynamic weights, the optimizer's states and the LSTM's
+    hidden state (all carried, the graph cut) and runs with the weights Adam gave the optimizer and the fixed LM
+    weights after the first step."""
+    module = small_model(first_order=first_order)
+    capture = EveryStep()
+    trainer = L.Trainer(max_steps=2, precision="64-true", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[capture])
+    trainer.fit(module, datamodule=documents_module(inner_steps=4))
+    inputs, targets = capture.batch.inputs[0], capture.batch.targets[0]  # 5 segments: 4 updates, each scored
+    first, second = capture.steps
+
+    def explicit(window, weights, net, carried):
+        """The meta-loss of updates ``window`` from ``carried`` (dynamic weights, optimizer states, h, c)."""
+        dynamic, states, h, c = carried
+        weights = {**weights, **dynamic}
+        losses = []
+        for t in range(window[0], window[1] + 1):
+            logits, h_next, c_next = hand_written_lm(weights, inputs[t], h, c)
+            loss = F.cross_entropy(logits, targets[t])
+            if t > window[0] or window[0] == 0:  # a later window scores only the points its updates reach
+                losses.append(loss)
+            if t == window[1]:
+                break  # the point the window ends at: scored, and the hidden state stays where it was
+            grads = torch.autograd.grad(loss, [weights[n] for n in DYNAMIC_NAMES], create_graph=not first_order,
+                                        retain_graph=True)
+            for name, grad in zip(DYNAMIC_NAMES, grads):
+                step, states[name] = net(grad.detach() if first_order else grad, states[name])
+                weights[name] = weights[name] + step
+            h, c = h_next, c_next
+        end = ({n: weights[n] for n in DYNAMIC_NAMES}, states, h, c)
+        return torch.stack(losses).mean(), end
+
+    def leaves(step):
+        lm = {n[3:]: w.clone().requires_grad_() for n, w in step["weights"].items() if n.startswith("lm.")}
+        net = copy.deepcopy(module.net).double()
+        net.load_state_dict({n[4:]: w for n, w in step["weights"].items() if n.startswith("net.")})
+        return lm, net
+
+    lm, net = leaves(first)
+    zeros = [torch.zeros(6, dtype=torch.float64)] * 2
+    start = ({n: lm[n] for n in DYNAMIC_NAMES}, {n: net.initial_state(lm[n].numel(), like=lm[n])
+                                                 for n in DYNAMIC_NAMES}, zeros, zeros)
+    loss, end = explicit((0, 2), lm, net, start)
+    expected = torch.autograd.grad(loss, [*net.parameters(), *lm.values()])
+    names = [f"net.{n}" for n, _ in net.named_parameters()] + [f"lm.{n}" for n in lm]
+    for name, e in zip(names, expected):
+        torch.testing.assert_close(first["grads"][name], e, rtol=1e-9, atol=1e-12, msg=name)
+
+    dynamic, states, h, c = end
+    carried = ({n: w.detach().requires_grad_() for n, w in dynamic.items()},
+               {n: s.detach() for n, s in states.items()}, [x.detach() for x in h], [x.detach() for x in c])
+    lm, net = leaves(second)
+    assert not torch.equal(lm["lstm.weight_ih_l0"], first["weights"]["lm.lstm.weight_ih_l0"])  # Adam moved it
+    loss, _ = explicit((2, 4), lm, net, carried)
+    fixed = [n for n in lm if n not in DYNAMIC_NAMES]
+    expected = torch.autograd.grad(loss, [*net.parameters(), *(lm[n] for n in fixed)])
+    names = [f"net.{n}" for n, _ in net.named_parameters()] + [f"lm.{n}" for n in fixed]
+    for name, e in zip(names, expected):
+        torch.testing.assert_close(second["grads"][name], e, rtol=1e-9, atol=1e-12, msg=name)
+        assert e.abs().sum() > 0
+    assert not any(f"lm.{n}" in second["grads"] for n in DYNAMIC_NAMES)  # the carried weights are cut from the init
+
+
+def test_pretraining_reads_short_windows_over_a_stretch_of_a_long_crop():
+    """Crops of 9 segments, meta-training windows of 4 (2 a crop); pretraining takes 2 windows of 1 segment at a
+    seeded place k: the loss of segments k and k + 1, then of k + 2, the LSTM's state carried between them (the
+    reading starts at k from a zero state). Exactly one k in 0 ... 6 gives the recorded gradients."""
+    module, capture = small_model(truncation=4, pretrain_truncation=1, pretrain_batches=1), EveryStep()
+    trainer = L.Trainer(max_steps=2, precision="64-true", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[capture])
+    trainer.fit(module, datamodule=documents_module(inner_steps=8))
+    inputs, targets = capture.batch.inputs[0], capture.batch.targets[0]
+    assert capture.batch.segments == [9] and not any(n.startswith("net.") for n in capture.steps[0]["grads"])
+
+    def matches(k: int) -> bool:
+        zeros = [torch.zeros(6, dtype=torch.float64)] * 2
+        weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[0]["weights"].items() if n.startswith("lm.")}
+        first, h, c = hand_written_lm(weights, inputs[k], zeros, zeros)
+        second, _, _ = hand_written_lm(weights, inputs[k + 1], h, c)
+        loss = (F.cross_entropy(first, targets[k]) + F.cross_entropy(second, targets[k + 1])) / 2
+        expected = dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+        weights = {n[3:]: w.requires_grad_() for n, w in capture.steps[1]["weights"].items() if n.startswith("lm.")}
+        _, h, c = hand_written_lm(weights, inputs[k + 1], [x.detach() for x in h], [x.detach() for x in c])
+        third, _, _ = hand_written_lm(weights, inputs[k + 2], h, c)
+        later = dict(zip(weights, torch.autograd.grad(F.cross_entropy(third, targets[k + 2]), list(weights.values()))))
+        got = [(capture.steps[0]["grads"][f"lm.{n}"], e) for n, e in expected.items()]
+        got += [(capture.steps[1]["grads"][f"lm.{n}"], e) for n, e in later.items()]
+        return all(torch.allclose(g, e, rtol=1e-9, atol=1e-12) for g, e in got)
+
+    assert sum(matches(k) for k in range(7)) == 1
+
+
+def test_a_window_past_the_end_of_every_document_moves_nothing():
+    family = TextDocuments()
+    short = min(family.tasks("train"), key=lambda t: len(t.train) if len(t.train) >= 24 else 1 << 30)
+    only_short = type("OneDocument", (TextDocuments,), {"tasks": lambda self, split: [short]})()
+    data = DocumentDataModule(only_short, segment=8, inner_steps=2 * (len(short.train) // 8) + 3,
+                              short_documents="whole", crop="start")
+    module, capture = small_model(), EveryStep()
+    windows = len(window_bounds(data.inner_steps, 2))
+    trainer = L.Trainer(max_steps=windows, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[capture])
+    trainer.fit(module, datamodule=data)
+    real = capture.batch.segments[0]
+    assert real == len(short.train) // 8 and capture.batch.inputs.shape[1] == data.inner_steps + 1
+    assert torch.equal(capture.batch.targets[0, real:], torch.zeros_like(capture.batch.targets[0, real:]))
+    reading = len(window_bounds(real - 1, 2))
+    assert all(step["grads"] for step in capture.steps[:reading])
+    assert not any(step["grads"] for step in capture.steps[reading:])  # Adam skips weights without a gradient
+    final = dict(module.named_parameters())
+    for name, value in capture.steps[reading]["weights"].items():
+        assert torch.equal(final[name].detach(), value), name
+
+
 def test_checkpointed_segments_give_the_plain_meta_gradient():
     plain = first_step(small_model(checkpoint_segments=0), documents_module(inner_steps=4)).grads
     checkpointed = first_step(small_model(checkpoint_segments=2), documents_module(inner_steps=4)).grads
@@ -275,6 +407,8 @@ def test_bad_values_name_the_value_and_the_fix():
         DocumentDataModule(segment=0)
     with pytest.raises(ValueError, match="lower inner_steps or segment"):
         DocumentDataModule(segment=4096, inner_steps=100).setup("fit")
+    with pytest.raises(ValueError, match="with short_documents='whole' reads documents of 2 segments or more"):
+        DocumentDataModule(segment=2**20, inner_steps=100, short_documents="whole").setup("fit")
 
 
 # --- the recipe --------------------------------------------------------------------------------------------------
@@ -289,13 +423,23 @@ def test_the_quick_recipe_runs_end_to_end_through_the_cli(tmp_path):
     with (log_dir / "dynamical_lm.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["init"], r["updater"]) for r in rows] == [
-        ("before_meta", "static"), ("before_meta", "sgd"), ("meta_init", "static"), ("meta_init", "sgd"),
-        ("meta_init", "learned"),
+        (init, updater) for init in ("before_meta", "meta_init") for updater in ("static", "sgd", "learned")
     ]
     assert all(0 < float(r["bits_per_byte"]) < 12 and int(r["bytes"]) == 5 * 48 for r in rows)
     table = json.loads((log_dir / "dynamical_lm.json").read_text())
     assert table["documents_at_position"] == [5] * 6
-    assert (log_dir / "dynamical_lm.png").stat().st_size > 0
+    for row in rows:  # the interval over the 5 documents, recomputed from the table's per-document values
+        documents = table["document_bits_per_byte"][f"{row['init']}/{row['updater']}"]
+        sgd_read = table["document_bits_per_byte"][f"{row['init']}/sgd"]
+        for values, column in ((documents, "document"), ([a - b for a, b in zip(documents, sgd_read)], "minus_sgd")):
+            mean = sum(values) / 5
+            half = 2.776445105 * math.sqrt(sum((v - mean) ** 2 for v in values) / 4) / math.sqrt(5)  # t(0.975, 4)
+            assert math.isclose(float(row[f"{column}_mean"]), mean, rel_tol=1e-6, abs_tol=1e-9)
+            assert math.isclose(float(row[f"{column}_ci95"]), half, rel_tol=1e-6, abs_tol=1e-9)
+    for name in ("dynamical_lm.png", "dynamical_lm_saved_bits.png", "dynamical_lm_saved_bits.html"):
+        assert (log_dir / name).stat().st_size > 0
+    page = (log_dir / "dynamical_lm_saved_bits.html").read_text()
+    assert page.count("<span") == 48  # every byte of the longest (all 48 bytes long) test document
     with (log_dir / "metrics.csv").open() as f:
         logged = list(csv.DictReader(f))
     assert any(r.get("test/meta_init/learned/bits_per_byte") for r in logged)

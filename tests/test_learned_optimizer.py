@@ -16,7 +16,14 @@ from lightning_meta.cli import main
 from lightning_meta.data import EpisodeDataModule
 from lightning_meta.families import GlyphAlphabets
 from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error
-from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, UnrollState, preprocess, unroll
+from lightning_meta.optim import (
+    CoordinatewiseLSTM,
+    LearnedOptimizer,
+    SGDAnchoredLSTM,
+    UnrollState,
+    preprocess,
+    unroll,
+)
 from lightning_meta.optim.training import LearnedOptimizerTraining
 
 
@@ -33,7 +40,7 @@ def setup(seed: int = 0, steps: int = 4, use_loss: bool = False):
     return model, net, inputs, targets
 
 
-def reference_meta_gradient(net, model, inputs, targets, steps, first_order):
+def reference_meta_gradient(net, model, inputs, targets, steps, first_order, score=lambda loss: loss):
     """The unroll written out: explicit weight and bias tensors, the LSTM called directly, autograd.grad per step."""
     w = model.weight.detach().clone().requires_grad_()
     b = model.bias.detach().clone().requires_grad_()
@@ -42,14 +49,14 @@ def reference_meta_gradient(net, model, inputs, targets, steps, first_order):
     for t in range(steps):
         loss = mse(inputs[t] @ w.T + b, targets[t])
         if t > 0:
-            losses.append(loss)
+            losses.append(score(loss))
         gw, gb = torch.autograd.grad(loss, (w, b), create_graph=not first_order, retain_graph=True)
         if first_order:
             gw, gb = gw.detach(), gb.detach()
         uw, sw = net(gw, sw, loss=loss, parameter=w)
         ub, sb = net(gb, sb, loss=loss, parameter=b)
         w, b = w + uw, b + ub
-    losses.append(mse(inputs[steps] @ w.T + b, targets[steps]))
+    losses.append(score(mse(inputs[steps] @ w.T + b, targets[steps])))
     return torch.autograd.grad(torch.stack(losses).mean(), list(net.parameters()))
 
 
@@ -62,6 +69,17 @@ def test_meta_gradient_of_a_3_step_unroll_matches_a_plain_loop(first_order):
     meta_loss.backward()
     for p, e in zip(net.parameters(), expected):
         torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+
+
+def test_a_log_loss_meta_objective_is_the_mean_log_loss_along_the_unroll():
+    model, net, inputs, targets = setup(steps=3)
+    expected = reference_meta_gradient(net, model, inputs, targets, 3, False, score=torch.log)
+    _, meta_loss = unroll(net, model, mse, UnrollState.start(model, net), inputs, targets, 0, 3, score=torch.log)
+    meta_loss.backward()
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="objective must be"):
+        LearnedOptimizerTraining(QuadraticOptimizee(2), objective="hinge")
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -180,6 +198,73 @@ def test_tied_embeddings_stay_tied_through_the_unroll():
     assert net.head.weight.grad is not None and torch.isfinite(net.head.weight.grad).all()
 
 
+# --- the SGD-anchored updater -------------------------------------------------------------------------------------
+
+def test_the_sgd_anchored_updater_with_zero_correction_is_sgd_step_for_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    twin, start = copy.deepcopy(model), copy.deepcopy(model)
+    net = SGDAnchoredLSTM(lr=0.2, hidden_size=5, num_layers=2).double()
+    learned = LearnedOptimizer(model.parameters(), net=net)
+    plain = torch.optim.SGD(twin.parameters(), lr=float(net.lr))
+    inputs, targets = torch.randn(6, 8, 3, dtype=torch.float64), torch.randn(6, 8, 2, dtype=torch.float64)
+    for t in range(6):
+        for m, optimizer in ((model, learned), (twin, plain)):
+            optimizer.zero_grad()
+            mse(m(inputs[t]), targets[t]).backward()
+            optimizer.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert abs(float(net.lr) - 0.2) < 1e-7 and not torch.equal(model[0].weight, start[0].weight)  # it did train
+
+    functional = nn.Linear(3, 2).double()  # and in the differentiable unroll: theta_t+1 = theta_t - lr grad_t
+    start_params = {n: p.detach().clone().requires_grad_() for n, p in functional.named_parameters()}
+    state = UnrollState.start(functional, net, start_params)
+    state, _ = unroll(net, functional, mse, state, inputs, targets, 0, 3, first_order=True)
+    w, b = functional.weight.detach().clone().requires_grad_(), functional.bias.detach().clone().requires_grad_()
+    lr = float(net.lr)
+    for t in range(3):
+        gw, gb = torch.autograd.grad(mse(inputs[t] @ w.T + b, targets[t]), (w, b))
+        w, b = (w - lr * gw).detach().requires_grad_(), (b - lr * gb).detach().requires_grad_()
+    torch.testing.assert_close(state.params["weight"], w, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(state.params["bias"], b, rtol=1e-12, atol=1e-14)
+
+
+def test_the_sgd_anchored_updater_bounds_its_step_factor_and_adds_its_correction():
+    net = SGDAnchoredLSTM(lr=0.5, max_factor=10.0, output_scale=0.1, hidden_size=3).double()
+    grad = torch.tensor([1.0, -2.0, 0.25], dtype=torch.float64)
+    state = net.initial_state(3, like=grad)
+    with torch.no_grad():  # the output layer's weights stay zero: its bias alone sets (step logit, correction)
+        net.head.bias.copy_(torch.tensor([50.0, 0.0]))
+        torch.testing.assert_close(net(grad, state)[0], -0.5 * 10.0 * grad)  # saturates at max_factor
+        net.head.bias.copy_(torch.tensor([-50.0, 0.0]))
+        torch.testing.assert_close(net(grad, state)[0], -0.5 / 10.0 * grad)
+        net.head.bias.copy_(torch.tensor([0.0, 2.0]))
+        torch.testing.assert_close(net(grad, state)[0], -0.5 * grad + 0.1 * 2.0)
+    net.set_lr(0.03)
+    assert abs(float(net.lr) - 0.03) < 1e-9 and net.config["lr"] == 0.03
+    with pytest.raises(ValueError, match="max_factor"):
+        SGDAnchoredLSTM(max_factor=1.0)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_of_the_sgd_anchored_updater_matches_a_plain_loop(first_order):
+    model, _, inputs, targets = setup(steps=3)
+    torch.manual_seed(1)
+    net = SGDAnchoredLSTM(lr=0.1, hidden_size=6, use_loss=True).double()
+    with torch.no_grad():  # away from zero, so that every weight's gradient is exercised
+        net.head.weight.normal_(0, 0.5)
+        net.head.bias.normal_(0, 0.5)
+    expected = reference_meta_gradient(net, model, inputs, targets, 3, first_order)
+    _, meta_loss = unroll(net, model, mse, UnrollState.start(model, net), inputs, targets, 0, 3,
+                          first_order=first_order)
+    meta_loss.backward()
+    assert net.log_lr.grad is not None
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-12)
+        assert e.abs().sum() > 0
+
+
 def test_preprocessing_and_saving():
     torch.testing.assert_close(preprocess(torch.tensor([-2.0]), p=10.0), torch.tensor([[torch.log(torch.tensor(2.0)) / 10, -1.0]]))
     net = CoordinatewiseLSTM(hidden_size=3, use_parameter=True)
@@ -187,11 +272,12 @@ def test_preprocessing_and_saving():
         net(torch.zeros(2), net.initial_state(2))
 
 
-def test_save_and_load_round_trip(tmp_path):
-    net = CoordinatewiseLSTM(hidden_size=5, num_layers=1, output_scale=0.2)
+@pytest.mark.parametrize("kind", [CoordinatewiseLSTM, SGDAnchoredLSTM])
+def test_save_and_load_round_trip(tmp_path, kind):
+    net = kind(hidden_size=5, num_layers=1, output_scale=0.2)
     net.save(tmp_path / "lstm.pt")
-    loaded = CoordinatewiseLSTM.load(tmp_path / "lstm.pt")
-    assert loaded.config == net.config
+    loaded = kind.load(tmp_path / "lstm.pt")
+    assert type(loaded) is kind and loaded.config == net.config
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
 

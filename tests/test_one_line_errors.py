@@ -91,9 +91,14 @@ def test_documents_shorter_than_a_crop_name_inner_steps_not_the_crop(tmp_path, m
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(RECIPES / "dynamical_lm" / "quick.yaml"),
             "--data.family=lightning_meta.families.TextDocuments", f"--data.family.root={tmp_path}"]  # fmt: skip
-    status, err = command_line(capsys, args)
+    status, err = command_line(capsys, [*args, "--data.short_documents=skip", "--data.inner_steps=16"])
     assert status == 1 and err.splitlines()[-1].startswith(
         "lightning-meta: --data.inner_steps=16: DocumentDataModule: inner_steps=16 and segment=32 read 544 bytes"
+    )
+    status, err = command_line(capsys, args)  # the recipe reads whole documents: only the segment can be too long
+    assert status == 1 and err.splitlines()[-1].startswith(
+        "lightning-meta: --data.segment=32: DocumentDataModule: segment=32 with short_documents='whole' reads "
+        "documents of 2 segments or more (64 bytes), more than any has (the longest: 16): lower segment"
     )
 
 

@@ -89,6 +89,13 @@ class MetaInit(L.Callback):
         self._fit_scope = ExitStack()  # undone when fit ends: the task-batched training step
         self._batch_scope = ExitStack()  # undone when a batch ends: DDP's gradient sync turned off
 
+    def __getattr__(self, name: str) -> Any:
+        """The options read as the callback's own attributes, as before they had a class (``leap.meta_lr``)."""
+        options = self.__dict__.get("options")
+        if options is not None and name in MetaOptions.__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def schedule(self) -> TaskSchedule:
         """Where tasks start and end on this process: the data module's schedule (read, never written)."""

@@ -2,8 +2,10 @@
 
 Batch ``n`` holds the documents ``n * meta_batch_size ...`` of a seeded stream over the training documents (each
 pass a fresh permutation, as for every task stream here), each as ``inner_steps + 1`` consecutive segments of
-``segment`` bytes: ``inner_steps`` updates, each scored on the segment after it. The stream is a pure function of
-``seed`` and the batch's position, so a resumed run reads exactly what the uninterrupted run would have.
+``segment`` bytes: ``inner_steps`` updates, each scored on the segment after it. With ``short_documents="whole"``,
+training documents shorter than a crop are read whole (their whole segments), padded to the crop: a long crop then
+trains on whole documents. The stream is a pure function of ``seed`` and the batch's position, so a resumed run
+reads exactly what the uninterrupted run would have.
 
 Examples:
     >>> from lightning_meta.families import TextDocuments
@@ -26,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -45,12 +48,14 @@ class DocumentBatch:
         targets: ``[documents, segments, segment]``: the bytes to predict.
         tasks: each document's position in the task stream.
         names: each document's name.
+        segments: the segments of each crop that hold its document (the rest is padding), at least 2.
     """
 
     inputs: Tensor
     targets: Tensor
     tasks: list[int]
     names: list[str]
+    segments: list[int]
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -76,7 +81,8 @@ def byte_document(task: Task) -> ByteDocument:
 
 class DocumentCrops(Dataset):
     """The crop of the ``n``-th document of the stream: ``segments x segment`` bytes from its start or from a
-    seeded random position (a pure function of ``seed`` and ``n``)."""
+    seeded random position (a pure function of ``seed`` and ``n``); a shorter document's whole segments from its
+    start, padded with zeros."""
 
     def __init__(
         self, tasks: list[Task], segment: int, segments: int, crop: Literal["start", "random"], seed: int
@@ -92,10 +98,12 @@ class DocumentCrops(Dataset):
         document = byte_document(task)
         room = len(document) - length
         rng = np.random.default_rng([self.seed, 3, stream_task])
-        start = 0 if self.crop == "start" else int(rng.integers(room + 1))
-        inputs, targets = next_byte_pairs(document, start, length)
-        shape = (self.segments, self.segment)
-        return {"inputs": inputs.view(shape), "targets": targets.view(shape), "task": stream_task, "name": task.name}
+        start = 0 if self.crop == "start" or room <= 0 else int(rng.integers(room + 1))
+        segments = min(self.segments, len(document) // self.segment)
+        inputs, targets = next_byte_pairs(document, start, segments * self.segment)
+        pad = length - len(inputs)
+        inputs, targets = (F.pad(x, (0, pad)).view(self.segments, self.segment) for x in (inputs, targets))
+        return {"inputs": inputs, "targets": targets, "task": stream_task, "name": task.name, "segments": segments}
 
 
 def collate_documents(crops: list[dict[str, Any]]) -> DocumentBatch:
@@ -105,6 +113,7 @@ def collate_documents(crops: list[dict[str, Any]]) -> DocumentBatch:
         torch.stack([c["targets"] for c in crops]),
         [c["task"] for c in crops],
         [c["name"] for c in crops],
+        [c["segments"] for c in crops],
     )
 
 
@@ -119,6 +128,8 @@ class DocumentDataModule(StreamDataModule):
             documents are left out of training.
         meta_batch_size: documents per batch.
         crop: where a training crop starts: at the document's ``"start"``, or at a seeded ``"random"`` byte.
+        short_documents: training documents shorter than a crop are left out (``"skip"``) or read whole, from their
+            start, padded to the crop (``"whole"``; at least 2 whole segments).
         tasks_per_epoch: documents in one Lightning epoch (rounded up to whole batches; default: the training
             documents). Epochs only matter for logging.
         eval_bytes: held-out documents are read from their start for at most this many bytes (``None``: whole).
@@ -133,6 +144,7 @@ class DocumentDataModule(StreamDataModule):
         inner_steps: int = 16,
         meta_batch_size: int = 1,
         crop: Literal["start", "random"] = "random",
+        short_documents: Literal["skip", "whole"] = "skip",
         tasks_per_epoch: int | None = None,
         eval_bytes: int | None = None,
         num_workers: int = 0,
@@ -144,8 +156,11 @@ class DocumentDataModule(StreamDataModule):
                 raise ValueError(f"DocumentDataModule: {name} must be >= 1, got {value}")
         if crop not in ("start", "random"):
             raise ValueError(f"DocumentDataModule: crop must be 'start' or 'random', got {crop!r}")
+        if short_documents not in ("skip", "whole"):
+            raise ValueError(f"DocumentDataModule: short_documents must be 'skip' or 'whole', got {short_documents!r}")
         self.family = family if family is not None else TextDocuments()
         self.segment, self.crop, self.tasks_per_epoch = segment, crop, tasks_per_epoch
+        self.short_documents = short_documents
         self.eval_bytes, self.num_workers, self.seed = eval_bytes, num_workers, seed
         self._train_tasks: list[Task] | None = None
 
@@ -157,14 +172,19 @@ class DocumentDataModule(StreamDataModule):
     def setup(self, stage: str) -> None:
         if self._train_tasks is None:
             tasks = self.family.tasks("train")
-            self._train_tasks = [t for t in tasks if len(byte_document(t)) >= self.crop_bytes]
+            shortest = self.crop_bytes if self.short_documents == "skip" else 2 * self.segment
+            self._train_tasks = [t for t in tasks if len(byte_document(t)) >= shortest]
             if not self._train_tasks:
                 longest = max((len(byte_document(t)) for t in tasks), default=0)
-                raise ValueError(
-                    f"DocumentDataModule: inner_steps={self.inner_steps} and segment={self.segment} read "
-                    f"{self.crop_bytes} bytes of each training document ((inner_steps + 1) * segment), more than any "
-                    f"has (the longest: {longest}): lower inner_steps or segment"
+                reads = (
+                    f"inner_steps={self.inner_steps} and segment={self.segment} read {shortest} bytes of each "
+                    "training document ((inner_steps + 1) * segment)"
+                    if self.short_documents == "skip"
+                    else f"segment={self.segment} with short_documents='whole' reads documents of 2 segments or more "
+                    f"({shortest} bytes)"
                 )
+                fix = "lower inner_steps or segment" if self.short_documents == "skip" else "lower segment"
+                raise ValueError(f"DocumentDataModule: {reads}, more than any has (the longest: {longest}): {fix}")
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

@@ -47,10 +47,12 @@ def read_document(
     segment: int,
     pattern: str,
     optimizer: OptimizerFactory | None = None,
+    per_byte: bool = False,
 ) -> Tensor:
     """The bits of each segment of one document (``inputs``, ``targets``: 1-D byte values) read by a copy of
-    ``model``; ``optimizer`` (``None``: static) is built on the copy's parameters that ``pattern`` selects
-    (:func:`~lightning_meta.models.byte_lstm.select_parameters`) and steps after every segment."""
+    ``model`` (``per_byte``: of each byte); ``optimizer`` (``None``: static) is built on the copy's parameters that
+    ``pattern`` selects (:func:`~lightning_meta.models.byte_lstm.select_parameters`) and steps after every
+    segment."""
     reader = copy.deepcopy(model).train()  # cuDNN's LSTM backward needs training mode; ByteLSTM has no dropout
     reader.requires_grad_(False)
     chosen = list(select_parameters(reader, pattern).values())
@@ -62,15 +64,16 @@ def read_document(
     for x, y in zip(inputs.split(segment), targets.split(segment)):
         with torch.enable_grad():
             logits, h, c = reader(x[None], h, c)
-            loss = F.cross_entropy(logits[0], y)
-        bits.append(loss.detach() * len(y) / math.log(2))
+            losses = F.cross_entropy(logits[0], y, reduction="none")
+            loss = losses.mean()
+        bits.append(losses.detach() / math.log(2) if per_byte else loss.detach() * len(y) / math.log(2))
         if step is not None:
             loss.backward()
             closure: Callable[[], Any] = partial(Tensor.detach, loss)  # for a learned optimizer that reads the loss
             step.step(closure)
             step.zero_grad()
         h, c = h.detach(), c.detach()
-    return torch.stack(bits)
+    return torch.cat(bits) if per_byte else torch.stack(bits)
 
 
 def read_documents(
@@ -105,6 +108,31 @@ def read_documents(
 def bits_per_byte(bits: Tensor, sizes: Tensor) -> float:
     """All the bits over all the bytes (documents weighted by their length)."""
     return float(bits.sum() / sizes.sum())
+
+
+def document_bits_per_byte(bits: Tensor, sizes: Tensor) -> Tensor:
+    """The bits per byte of each whole document (one value a row of ``bits``, ``sizes``).
+
+    Examples:
+        >>> document_bits_per_byte(torch.tensor([[8.0, 2.0], [4.0, 0.0]]), torch.tensor([[4, 2], [4, 0]])).tolist()
+        [1.6666666269302368, 1.0]
+    """
+    return bits.sum(1) / sizes.sum(1)
+
+
+def windowed_bits_per_byte(bits: Tensor, sizes: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """Each document's bits per byte over ``window`` consecutive segments from each position on,
+    ``[documents, positions]``, and whether the document fills that whole window (else NaN there).
+
+    Examples:
+        >>> values, full = windowed_bits_per_byte(torch.tensor([[8.0, 2.0, 6.0]]), torch.tensor([[4, 2, 0]]), 2)
+        >>> values.tolist(), full.tolist()
+        ([[1.6666666269302368, nan]], [[True, False]])
+    """
+    pool = partial(F.avg_pool1d, kernel_size=window, stride=1)
+    full = pool((sizes > 0).double()[:, None])[:, 0] > 1 - 1e-9
+    values = pool(bits.double()[:, None])[:, 0] / pool(sizes.double()[:, None])[:, 0].clamp_min(1e-12)
+    return torch.where(full, values, torch.nan).float(), full
 
 
 def position_curve(bits: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:

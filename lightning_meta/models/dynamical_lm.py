@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
@@ -61,20 +62,45 @@ from lightning_meta.families.document_data import DocumentBatch, DocumentDataMod
 from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters
 from lightning_meta.models.dynamic_evaluation import (
     OptimizerFactory,
-    bits_per_byte,
     choose_sgd_lr,
+    document_bits_per_byte,
     position_curve,
+    read_document,
     read_documents,
     sgd,
 )
+from lightning_meta.models.reading_report import plot_reading, position_curves, table_rows
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import Carry, UnrollState, unroll_steps
-from lightning_meta.plotting import log_image, plot_position_curves
+from lightning_meta.plotting import log_image
+from lightning_meta.text_heatmap import plot_text_heatmap, write_text_heatmap_html
 from lightning_meta.utils import log_meta_progress, run_dir
 
+Truncation = int | list[int]
+"""Segments per truncation window: one length for all, or the lengths in order (the last one repeats)."""
+
 SMOOTHING = 8  # segments averaged in the figure (the table and the JSON hold every segment)
-INITS = {"before_meta": "LM before meta-training", "meta_init": "meta-learned init"}
+
+
+def window_bounds(steps: int, truncation: Truncation) -> list[tuple[int, int]]:
+    """Updates ``0 ... steps - 1`` cut into truncation windows ``(start, stop)``: all of ``truncation`` updates, or
+    of the lengths ``truncation`` lists in order, the last one repeated (e.g. growing windows ``[4, 8, 16, 32]``).
+
+    Examples:
+        >>> window_bounds(10, 4)
+        [(0, 4), (4, 8), (8, 10)]
+        >>> window_bounds(40, [2, 4, 8, 16])
+        [(0, 2), (2, 6), (6, 14), (14, 30), (30, 40)]
+    """
+    lengths = [truncation] if isinstance(truncation, int) else list(truncation)
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < steps:
+        stop = min(start + lengths[min(len(bounds), len(lengths) - 1)], steps)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
@@ -91,7 +117,12 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
         net: the learned optimizer (default: ``CoordinatewiseLSTM()``, the paper's 2 x 20 LSTM); one network for
             every coordinate, each coordinate with its own state.
         pretrain_batches: batches of static language-model training before meta-training starts.
-        truncation: segments between two optimizer steps (truncated back-propagation).
+        truncation: segments between two optimizer steps (truncated back-propagation): one number, or the window
+            lengths in order, the last repeated (:func:`window_bounds`; e.g. growing windows ``[4, 8, 16, 32]``).
+        pretrain_truncation: segments per window while the LM pretrains (``None``: ``truncation``). The LM then
+            reads the crop's first ``windows x pretrain_truncation`` segments, ``windows`` being the number of
+            meta-training windows per crop: short windows and many optimizer steps for the LM, long crops (whole
+            documents) for the updater, the same number of optimizer steps in every batch.
         first_order: feed the learned optimizer detached gradients (no second derivatives).
         checkpoint_segments: checkpointed stretches per truncation window (0: none), to fit long windows.
         learn_init: meta-train the initial weights jointly with the optimizer.
@@ -99,6 +130,8 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
         meta_lr: Adam learning rate of the learned optimizer.
         gradient_clip: clip the gradient norm of each optimizer step to this (``None``: no clipping).
         sgd_lrs: learning rates tried for SGD dynamic evaluation on the validation documents.
+        tune_anchor: an updater anchored on SGD (:class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
+            meta-training as SGD at the learning rate among ``sgd_lrs`` that reads the validation documents best.
         evaluate: read the held-out documents at the end of fit (table, figure, logged metrics).
     """
 
@@ -110,7 +143,8 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
         dynamic: str = "decoder",
         net: CoordinatewiseLSTM | None = None,
         pretrain_batches: int = 0,
-        truncation: int = 4,
+        truncation: Truncation = 4,
+        pretrain_truncation: int | None = None,
         first_order: bool = False,
         checkpoint_segments: int = 0,
         learn_init: bool = True,
@@ -118,13 +152,17 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
         meta_lr: float = 1e-3,
         gradient_clip: float | None = 1.0,
         sgd_lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0),
+        tune_anchor: bool = True,
         evaluate: bool = True,
     ) -> None:
         super().__init__()
-        if truncation < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
+        windows = [truncation] if isinstance(truncation, int) else list(truncation)
+        windows += [] if pretrain_truncation is None else [pretrain_truncation]
+        if not windows or min(windows) < 1 or pretrain_batches < 0 or checkpoint_segments < 0:
             raise ValueError(
-                "DynamicalLanguageModel: truncation must be >= 1, pretrain_batches and checkpoint_segments >= 0; got "
-                f"{truncation}, {pretrain_batches} and {checkpoint_segments}"
+                "DynamicalLanguageModel: truncation (every window) and pretrain_truncation must be >= 1, "
+                "pretrain_batches and checkpoint_segments >= 0; got "
+                f"{truncation}, {pretrain_truncation}, {pretrain_batches} and {checkpoint_segments}"
             )
         if not sgd_lrs or min(lr, meta_lr, *sgd_lrs) <= 0 or (gradient_clip is not None and gradient_clip <= 0):
             raise ValueError(
@@ -138,8 +176,10 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
             raise ValueError(f"DynamicalLanguageModel: dynamic={dynamic!r} matches none of the parameters {names}")
         self.pretrained = copy.deepcopy(self.lm).requires_grad_(False)  # the LM when meta-training began
         self.net = net or CoordinatewiseLSTM()
+        self.initial_net = copy.deepcopy(self.net).requires_grad_(False)  # the updater when meta-training began
         self.automatic_optimization = False
         self.figure: Path | None = None  # the figure of the held-out reading, once written
+        self.anchor_scores: dict[str, Any] = {}  # the anchor's tuning on validation, once done
         self._results: list[dict[str, Any]] = []
 
     @property
@@ -148,7 +188,7 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
         data = task_datamodule(self.trainer)
         if data is None:
             raise MisconfigurationException("DynamicalLanguageModel reads documents: fit it with a DocumentDataModule")
-        return -(-data.inner_steps // self.hparams["truncation"])
+        return len(window_bounds(data.inner_steps, self.hparams["truncation"]))
 
     def meta_steps_done(self, optimizer_steps: int) -> int:
         """Meta-steps (optimizer steps of meta-training) done after ``optimizer_steps``: none while the LM pretrains."""
@@ -199,45 +239,83 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
     def training_step(self, batch: DocumentBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list), "configure_optimizers returns one optimizer"
-        windows = self.optimizer_steps_per_batch
-        batches_done = self.global_step // windows
+        batches_done = self.global_step // self.optimizer_steps_per_batch
         meta = batches_done >= self.hparams["pretrain_batches"]
         if batches_done == self.hparams["pretrain_batches"]:
             self.pretrained.load_state_dict(self.lm.state_dict())
+            self._tune_anchor()
+            self.initial_net.load_state_dict(self.net.state_dict())
         learn_init = self.hparams["learn_init"] or not meta
         dynamic = select_parameters(self.lm, self.hparams["dynamic"]) if meta else {}
         fixed = {n: p if learn_init else p.detach() for n, p in self.lm.named_parameters() if n not in dynamic}
         init = {n: p if learn_init else p.detach().requires_grad_() for n, p in dynamic.items()}
         carry = self.lm.initial_state(1, like=self.lm.decoder.bias)
         states = [UnrollState.start(self.lm, self.net, init, carry) for _ in range(len(batch))]
-        steps, window = batch.inputs.shape[1] - 1, self.hparams["truncation"]
-        for start in range(0, steps, window):
-            stop = min(start + window, steps)
-            total = torch.zeros((), device=self.device)
-            with self._without_cudnn_if_second_order():
-                for d, state in enumerate(states):
-                    read = partial(self._segment_loss, batch.inputs[d], batch.targets[d])
-                    states[d], loss = unroll_steps(
-                        self.net,
-                        read,
-                        state,
-                        start,
-                        stop,
-                        first_order=self.hparams["first_order"],
-                        segments=self.hparams["checkpoint_segments"],
-                        score_start=start == 0,
-                        fixed=fixed,
-                    )
-                    total = total + loss / len(batch)
-                optimizer.zero_grad()
-                self.manual_backward(total)
+        windows = self._windows(batch, meta)
+        for start, stop in windows:
+            reading = [d for d in range(len(batch)) if start < batch.segments[d] - 1]  # documents not yet ended
+            optimizer.zero_grad()  # to None: a window past the end of every document moves nothing
+            if reading:
+                total = torch.zeros((), device=self.device)
+                with self._without_cudnn_if_second_order():
+                    for d in reading:
+                        read = partial(self._segment_loss, batch.inputs[d], batch.targets[d])
+                        states[d], loss = unroll_steps(
+                            self.net,
+                            read,
+                            states[d],
+                            start,
+                            min(stop, batch.segments[d] - 1),
+                            first_order=self.hparams["first_order"],
+                            segments=self.hparams["checkpoint_segments"],
+                            score_start=start == windows[0][0],
+                            fixed=fixed,
+                        )
+                        total = total + loss / len(reading)
+                    self.manual_backward(total)
+                self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
             if self.hparams["gradient_clip"] is not None:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(parameters, self.hparams["gradient_clip"])
             optimizer.step()
             states = [state.detached() for state in states]
-            self.log("train/bits_per_byte", total.detach() / math.log(2), prog_bar=True)
         log_meta_progress(self, batch.tasks, self.meta_steps_done(self.global_step))
+
+    def _windows(self, batch: DocumentBatch, meta: bool) -> list[tuple[int, int]]:
+        """The truncation windows of a batch's crop: of ``truncation`` segments while meta-training; while the LM
+        pretrains, as many windows of ``pretrain_truncation`` over a stretch of the crop at a seeded random place
+        (the same for every document of the batch; a function of the batch's place in the stream), so that every
+        batch takes the same number of optimizer steps."""
+        steps = batch.inputs.shape[1] - 1
+        windows = window_bounds(steps, self.hparams["truncation"])
+        short = self.hparams["pretrain_truncation"]
+        if meta or short is None:
+            return windows
+        span = len(windows) * short
+        room = min(batch.segments) - 1 - span
+        offset = int(np.random.default_rng([5, batch.tasks[0]]).integers(room + 1)) if room > 0 else 0
+        stretch = [(offset + a, offset + b) for a, b in window_bounds(min(steps, span), short)]
+        return stretch + [(steps, steps)] * (len(windows) - len(stretch))  # empty windows move nothing
+
+    def _tune_anchor(self) -> None:
+        """An updater anchored on SGD (``set_lr``, e.g. :class:`~lightning_meta.optim.SGDAnchoredLSTM`) starts
+        meta-training at SGD's learning rate chosen on the validation documents (``tune_anchor``)."""
+        set_lr = getattr(self.net, "set_lr", None)
+        if not self.hparams["tune_anchor"] or set_lr is None:
+            return
+        data = task_datamodule(self.trainer)
+        assert isinstance(data, DocumentDataModule), "checked in setup"
+        val = [(name, x.to(self.device), y.to(self.device)) for name, x, y in data.held_out("val")]
+        lr, scores = choose_sgd_lr(self.lm, val, data.segment, self.hparams["dynamic"], self.hparams["sgd_lrs"])
+        set_lr(lr)
+        self.anchor_scores = {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}
+        rank_zero_info(f"DynamicalLanguageModel: the updater starts as SGD at lr {lr} (validation: {scores})")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["anchor_scores"] = self.anchor_scores  # the anchor's tuning, for the report of a resumed run
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.anchor_scores = checkpoint.get("anchor_scores", {})
 
     def on_fit_end(self) -> None:
         folder = run_dir(self.trainer)  # on every process: a collective under DDP
@@ -246,96 +324,96 @@ class DynamicalLanguageModel(ChecksCheckpointClass, L.LightningModule):
 
     @torch.inference_mode(False)
     def evaluate_held_out(self, path: Path) -> list[dict[str, Any]]:
-        """Read the test documents with every updater (SGD's learning rate chosen on the validation documents);
-        write ``path`` (figure) and the table beside it (``.csv``: one row per updater, bits per byte over the whole
-        documents and over the segments a training crop has, ``inner_steps + 1``; ``.json``: also the validation
-        scores and the curves); log the bits per byte and the figure; return the rows."""
+        """Read the test documents with every updater, from the LM and updater as they were when meta-training began
+        and from the meta-trained ones (SGD's learning rate chosen on the validation documents for each LM); write
+        ``path`` (figure of bits per byte against the position in the document), the table beside it (``.csv``: one
+        row per init and updater, bits per byte over the whole documents and over a training crop's ``inner_steps +
+        1`` segments, the documents' mean and 95 % interval, the paired difference to SGD; ``.json``: also the
+        validation scores, every document's bits per byte and the curves) and the longest test document coloured by
+        the bits the meta-trained updater saved against static reading (``_saved_bits.html``, ``.png``); log the bits
+        per byte and the figures; return the rows."""
         data = task_datamodule(self.trainer)
         assert isinstance(data, DocumentDataModule), "checked in setup"
         if self.global_step // self.optimizer_steps_per_batch <= self.hparams["pretrain_batches"]:
             self.pretrained.load_state_dict(self.lm.state_dict())  # meta-training never began
+            self.initial_net.load_state_dict(self.net.state_dict())
         device = self.trainer.strategy.root_device  # Lightning moved the module to the CPU before on_fit_end
         held_out = {
             split: [(name, x.to(device), y.to(device)) for name, x, y in data.held_out(split)]
             for split in ("val", "test")
         }
         pattern, segment = self.hparams["dynamic"], data.segment
-        net = copy.deepcopy(self.net).to(device)
-        rows, curves, documents = [], {}, torch.zeros(0)
+        reads, extras = {}, {}
         lrs, val, test = self.hparams["sgd_lrs"], held_out["val"], held_out["test"]
         label = f"Reading the held-out documents ({len(val)} validation, {len(test)} test)"
-        reads = 2 * len(lrs) * len(val) + 5 * len(test)  # SGD rates on validation, 2 + 3 updaters on test
-        with held_out_progress(self.trainer, label, reads) as advance:
-            for key, model in (("before_meta", self.pretrained), ("meta_init", self.lm)):
+        reads_to_do = 2 * len(lrs) * len(val) + 6 * len(test) + 2  # SGD rates on validation, 2 x 3 updaters on test
+        with held_out_progress(self.trainer, label, reads_to_do) as advance:
+            starts = (("before_meta", self.pretrained, self.initial_net), ("meta_init", self.lm, self.net))
+            for key, model, net in starts:
                 model = copy.deepcopy(model).to(device)
                 lr, scores = choose_sgd_lr(model, val, segment, pattern, lrs, advance)
-                updaters: dict[str, tuple[OptimizerFactory | None, dict[str, Any]]] = {
-                    "static": (None, {}),
-                    "sgd": (sgd(lr), {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}),
+                updaters: dict[str, OptimizerFactory | None] = {
+                    "static": None,
+                    "sgd": sgd(lr),
+                    "learned": partial(LearnedOptimizer, net=copy.deepcopy(net).to(device)),
                 }
-                if key == "meta_init":
-                    updaters["learned"] = (partial(LearnedOptimizer, net=net), {})
-                for updater, (factory, extra) in updaters.items():
-                    bits, sizes = read_documents(model, test, segment, pattern, factory, advance)
-                    curves[f"{key}/{updater}"], documents = position_curve(bits, sizes)
-                    horizon = slice(0, data.inner_steps + 1)  # the segments of a training crop
-                    row = {"init": key, "updater": updater, "bits_per_byte": bits_per_byte(bits, sizes)}
-                    row["trained_horizon_bits_per_byte"] = bits_per_byte(bits[:, horizon], sizes[:, horizon])
-                    rows.append({**row, "bytes": int(sizes.sum()), "documents": len(test), **extra})
-        self._report(rows, curves, documents, segment, data.inner_steps + 1, path)
+                for updater, factory in updaters.items():
+                    reads[f"{key}/{updater}"] = read_documents(model, test, segment, pattern, factory, advance)
+                extras[f"{key}/sgd"] = {"sgd_lr": lr, "val_bits_per_byte_by_lr": scores}
+            name, inputs, targets = max(test, key=lambda document: len(document[2]))
+            saved = [read_document(model, inputs, targets, segment, pattern, updaters[u], per_byte=True) for u in
+                     ("static", "learned")]
+            advance()
+            advance()
+        rows = [{**row, **extras.get(f"{row['init']}/{row['updater']}", {})}
+                for row in table_rows(reads, data.inner_steps + 1)]
+        self._report(rows, reads, segment, data.inner_steps + 1, path)
+        self._saved_bits_figures(name, bytes(targets.tolist()), saved[0] - saved[1], path)
         self._results = rows
         return rows
 
     def results(self) -> list[dict[str, str | int | float]]:
         """The rows of the held-out reading's table (see :meth:`evaluate_held_out`) for the run's summary: bits per
-        byte of each init and updater, overall and over the trained horizon (empty before the reading)."""
-        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "documents")
+        byte of each init and updater, overall and over the trained horizon, and the documents' mean with its 95 %
+        interval (empty before the reading)."""
+        columns = ("init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "document_mean",
+                   "document_ci95", "documents")
         return [{c: row[c] for c in columns if c in row} for row in self._results]
 
     def _report(
-        self,
-        rows: list[dict[str, Any]],
-        curves: dict[str, Tensor],
-        documents: Tensor,
-        segment: int,
-        trained_segments: int,
+        self, rows: list[dict[str, Any]], reads: dict[str, tuple[Tensor, Tensor]], segment: int, horizon: int,
         path: Path,
     ) -> None:
         settings = {"dynamic": self.hparams["dynamic"], "segment": segment, "global_step": self.global_step}
-        table = {**settings, "rows": rows, "documents_at_position": documents.tolist()}
-        table["bits_per_byte_at_position"] = {name: curve.tolist() for name, curve in curves.items()}
+        documents = next(iter(reads.values()))[1]
+        window = min(SMOOTHING, documents.shape[1])
+        curves = position_curves(reads, window)
+        table = {**settings, "rows": rows, "anchor": self.anchor_scores, "smoothing_segments": window}
+        table["documents_at_position"] = (documents > 0).sum(0).tolist()
+        table["bits_per_byte_at_position"] = {name: position_curve(*read)[0].tolist() for name, read in reads.items()}
+        table["document_bits_per_byte"] = {name: document_bits_per_byte(*read).tolist() for name, read in reads.items()}
+        table["windowed_curves"] = {name: {k: v.tolist() for k, v in c.items()} for name, c in curves.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".json").write_text(json.dumps(table, indent=1))
         with path.with_suffix(".csv").open("w", newline="") as f:
-            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "bytes"]
-            columns.append("documents")
+            columns = ["init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "document_mean",
+                       "document_ci95", "minus_sgd_mean", "minus_sgd_ci95", "bytes", "documents"]
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         metrics = {f"test/{r['init']}/{r['updater']}/bits_per_byte": r["bits_per_byte"] for r in rows}
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-        shown = documents >= min(2, int(documents.max()))  # positions that at least two documents reach
-        window = min(SMOOTHING, int(shown.sum()))
-
-        def smooth(curve: Tensor) -> Tensor:  # running mean over `window` segments
-            return F.avg_pool1d(curve[shown][None, None], window, stride=1)[0, 0]
-
-        labels = {f"{k}/{u}": f"{INITS[k]}, {u}" for k in INITS for u in ("static", "sgd", "learned")}
-        absolute = {labels[name]: smooth(curve) for name, curve in curves.items()}
-        gains = {
-            labels[name]: smooth(curve - curves[name.split("/")[0] + "/static"])
-            for name, curve in curves.items()
-            if not name.endswith("static")
-        }
-        ends = (torch.arange(len(documents)) + 1.0)[shown] * segment  # the byte each segment ends at
-        positions = F.avg_pool1d(ends[None, None], window, stride=1)[0, 0]
-        panels = {"bits per byte (test documents)": absolute, "bits per byte minus static, same init": gains}
-        title = (
-            f"Reading the {rows[0]['documents']} test documents: running mean over {window} segments of {segment} "
-            "bytes, positions that at least two documents reach"
-        )
-        horizon = ("trained horizon", trained_segments * segment)
-        self.figure = plot_position_curves(panels, positions, path, title, mark=horizon)
+        self.figure = plot_reading(curves, segment, window, horizon * segment, path)
         log_image(self.trainer.loggers, "test/bits_per_byte_by_position", path, self.global_step)
         rank_zero_info(f"DynamicalLanguageModel: table {path.with_suffix('.csv')}, figure {path}")
+
+    def _saved_bits_figures(self, name: str, text: bytes, saved: Tensor, path: Path) -> None:
+        """The document coloured by the bits the meta-trained updater saved against static reading, byte by byte:
+        the whole document as HTML, its start as a PNG (also sent to the loggers that take images)."""
+        stem = path.with_name(path.stem + "_saved_bits")
+        title = (f"{name}: bits the meta-trained updater saved (blue) or lost (red) against static reading, "
+                 f"{float(saved.sum()):+.0f} bits over {len(text)} bytes")
+        write_text_heatmap_html(text, saved, stem.with_suffix(".html"), title)
+        plot_text_heatmap(text, saved, stem.with_suffix(".png"), title + " (its start)")
+        log_image(self.trainer.loggers, "test/saved_bits_by_byte", stem.with_suffix(".png"), self.global_step)

@@ -1,5 +1,6 @@
 """Learned optimizers: a coordinate-wise LSTM, its ``torch.optim`` facade and its unrolled meta-training."""
 
+from lightning_meta.optim.anchored import SGDAnchoredLSTM
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM, preprocess
 from lightning_meta.optim.training import LearnedOptimizerTraining
@@ -9,6 +10,7 @@ __all__ = [
     "CoordinatewiseLSTM",
     "LearnedOptimizer",
     "LearnedOptimizerTraining",
+    "SGDAnchoredLSTM",
     "UnrollState",
     "preprocess",
     "unroll",

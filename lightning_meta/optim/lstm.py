@@ -83,6 +83,13 @@ class CoordinatewiseLSTM(nn.Module):
         self, grad: Tensor, state: Tensor, loss: Tensor | None = None, parameter: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """The update for a parameter with gradient ``grad`` (any shape) and the new state."""
+        outputs, state = self.features(grad, state, loss, parameter)
+        return outputs.reshape(grad.shape) * self.output_scale, state
+
+    def features(
+        self, grad: Tensor, state: Tensor, loss: Tensor | None = None, parameter: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The linear output layer's values for every coordinate, ``[coordinates, outputs]``, and the new state."""
         inputs = [preprocess(grad, self.preprocess_p)]
         if self.use_loss:
             if loss is None:
@@ -98,8 +105,7 @@ class CoordinatewiseLSTM(nn.Module):
             h, c = cell(x, (h, c))
             states.append(torch.stack([h, c]))
             x = h
-        update = self.head(x).reshape(grad.shape) * self.output_scale
-        return update, torch.stack(states)
+        return self.head(x), torch.stack(states)
 
     def save(self, path: str | Path) -> None:
         """Write the trained weights and the settings, for :meth:`load`."""

@@ -59,6 +59,9 @@ class LearnedOptimizerTraining(L.LightningModule):
         checkpoint_segments: checkpointed segments per truncation window (0: none).
         learn_init: meta-learn the optimizee's init jointly with the optimizer.
         meta_lr: Adam learning rate of the meta-optimizer.
+        objective: the meta-loss is the mean of the optimizee's losses along the unroll (``"loss"``) or of their
+            logarithms (``"log_loss"``: every step's relative progress weighs alike, so that the late steps of a long
+            unroll, where the loss is small, still count).
     """
 
     def __init__(
@@ -72,8 +75,11 @@ class LearnedOptimizerTraining(L.LightningModule):
         checkpoint_segments: int = 0,
         learn_init: bool = False,
         meta_lr: float = 1e-3,
+        objective: Literal["loss", "log_loss"] = "loss",
     ) -> None:
         super().__init__()
+        if objective not in ("loss", "log_loss"):
+            raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}")
         check_range(type(self).__name__, 1, unroll_steps=unroll_steps, truncation=truncation)
         if isinstance(loss, str) and loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
@@ -136,6 +142,7 @@ class LearnedOptimizerTraining(L.LightningModule):
                     stop,
                     first_order=self.hparams["first_order"],
                     segments=self.hparams["checkpoint_segments"],
+                    score=torch.log if self.hparams["objective"] == "log_loss" else None,
                 )
                 total = total + meta_loss / len(batch)
             optimizer.zero_grad()

@@ -36,6 +36,7 @@ from lightning_meta.optim.lstm import CoordinatewiseLSTM
 LossFunction = Callable[[Tensor, Tensor], Tensor]
 Carry = tuple[Tensor, ...]
 Step = Callable[[dict[str, Tensor], Carry, int], tuple[Tensor, Carry]]
+Score = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -75,20 +76,22 @@ def unroll(
     stop: int,
     first_order: bool = False,
     segments: int = 0,
+    score: Score | None = None,
 ) -> tuple[UnrollState, Tensor]:
     """Steps ``start ... stop - 1`` on batches ``inputs[t], targets[t]`` (``t`` modulo ``len(inputs)``: fewer
     batches than steps are reused in turn); returns the new state and the meta-loss.
 
     ``first_order`` feeds the LSTM detached gradients (no second derivatives of the optimizee's loss);
     ``segments > 1`` checkpoints that many stretches of the steps
-    (:class:`~lightning_meta.checkpointing.CheckpointedSegment`).
+    (:class:`~lightning_meta.checkpointing.CheckpointedSegment`); ``score`` maps each loss to its term of the
+    meta-loss (default: the loss itself; e.g. ``torch.log``, which weighs every step's relative progress alike).
     """
 
     def step(params: dict[str, Tensor], carry: Carry, t: int) -> tuple[Tensor, Carry]:
         batch = t % len(inputs)
         return loss_fn(functional_call(model, params, (inputs[batch],)), targets[batch]), carry
 
-    return unroll_steps(net, step, state, start, stop, first_order, segments)
+    return unroll_steps(net, step, state, start, stop, first_order, segments, score=score)
 
 
 def unroll_steps(
@@ -101,6 +104,7 @@ def unroll_steps(
     segments: int = 0,
     score_start: bool = False,
     fixed: dict[str, Tensor] | None = None,
+    score: Score | None = None,
 ) -> tuple[UnrollState, Tensor]:
     """:func:`unroll` for any optimizee: ``step(params, carry, t)`` returns the loss of step ``t`` at ``params`` and
     the carry after it (an LSTM language model reading segment ``t`` of a document returns its hidden state).
@@ -108,7 +112,7 @@ def unroll_steps(
     The LSTM updates ``state.params`` only; ``fixed`` are further tensors the loss depends on (e.g. the weights that
     are not updated), passed to ``step`` with them and given their gradient also through checkpointed segments.
     ``score_start`` also counts the loss at ``start`` (the first segment of a document, read with the init) in the
-    meta-loss, the mean of the counted losses.
+    meta-loss, the mean of the counted losses (of ``score(loss)`` with a ``score``).
 
     Examples:
         >>> import torch
@@ -140,7 +144,7 @@ def unroll_steps(
         for t in range(first, last):
             loss, following = step({**constants, **params}, carry, t)
             if t > start or score_start:
-                scored.append(loss)
+                scored.append(loss if score is None else score(loss))
             if names:
                 # retain_graph: the loss is also a term of the meta-loss, and the carry leads on from its graph
                 grads = torch.autograd.grad(
@@ -153,7 +157,8 @@ def unroll_steps(
                     params[name] = params[name] + update
             carry = following
         if last == stop:  # the loss of the point the stretch ends at
-            scored.append(step({**constants, **params}, carry, stop)[0])
+            end = step({**constants, **params}, carry, stop)[0]
+            scored.append(end if score is None else score(end))
         total = torch.stack(scored).sum() if scored else loss.new_zeros(())
         return (*params.values(), *lstm.values(), *carry, total)
 

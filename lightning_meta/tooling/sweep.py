@@ -65,8 +65,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_meta.callbacks.signal_checkpoint import INTERRUPTED
 from lightning_meta.engine import MetaTrainingDiverged
+from lightning_meta.intervals import mean_interval
 from lightning_meta.tooling.file_locks import claimed, holder, locked
-from lightning_meta.tooling.intervals import mean_interval
 from lightning_meta.trainer import stop_signals
 
 Stage = Literal["tune", "test"]

@@ -49,7 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.callbacks.meta_evaluation import HeldOutCurves  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
-from lightning_meta.tooling.intervals import mean_interval  # noqa: E402
+from lightning_meta.intervals import mean_interval  # noqa: E402
 from lightning_meta.tooling.sweep import Cell, Row, Sweep, chosen_counts, fit_arguments, format_interval, grid  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
 from lightning_meta.cli_errors import run_reporting_errors  # noqa: E402
-from lightning_meta.tooling.intervals import mean_interval  # noqa: E402
+from lightning_meta.intervals import mean_interval  # noqa: E402
 from lightning_meta.tooling.sweep import (  # noqa: E402
     Cell,
     Row,
