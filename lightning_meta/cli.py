@@ -26,7 +26,7 @@ import lightning as L
 from jsonargparse import ActionYesNo, DefaultHelpFormatter
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -97,10 +97,9 @@ class ConfigToLoggers(SaveConfigCallback):
         config = self.parser.dump(self.config, skip_none=False)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
-        folder = own_run_dir(trainer)
-        if trainer.log_dir is None or folder.resolve() != Path(trainer.log_dir).resolve():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(folder / self.config_filename, lambda file: file.write(config.encode()))
+        shared = trainer.loggers and not isinstance(trainer.loggers[0], (CSVLogger, TensorBoardLogger))
+        if shared:  # Lightning wrote it into the save_dir (not trainer.log_dir here: it broadcasts; this is process 0)
+            write_atomically(own_run_dir(trainer) / self.config_filename, lambda file: file.write(config.encode()))
 
 
 class MetaCLI(LightningCLI):
