@@ -52,9 +52,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lightning_meta import Leap  # noqa: E402
-from lightning_meta.recipes import ConvClassifier  # noqa: E402
-from lightning_meta.tasks import GlyphAlphabets, TaskDataModule  # noqa: E402
-from lightning_meta.tasks.schedule import TaskSchedule  # noqa: E402
+from lightning_meta.data import TaskDataModule  # noqa: E402
+from lightning_meta.data.schedule import TaskSchedule  # noqa: E402
+from lightning_meta.families import GlyphAlphabets  # noqa: E402
+from lightning_meta.models import ConvClassifier  # noqa: E402
 
 COLLECTIVES = ("all_reduce", "broadcast", "barrier")
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lightning_meta.families import DocumentDataModule, TextDocuments
+from lightning_meta.models import DynamicalLanguageModel
+from lightning_meta.models.dynamic_evaluation import bits_per_byte, choose_sgd_lr, read_documents, sgd
+from lightning_meta.models.dynamical_lm import window_bounds
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer, SGDAnchoredLSTM
-from lightning_meta.recipes import DynamicalLanguageModel
-from lightning_meta.recipes.dynamic_evaluation import bits_per_byte, choose_sgd_lr, read_documents, sgd
-from lightning_meta.recipes.dynamical_lm import window_bounds
-from lightning_meta.tasks import DocumentDataModule, TextDocuments
 
 SEGMENT = 32
 TRAINED_HORIZON = 17  # segments of the old crops (16 updates)

@@ -47,11 +47,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lightning_meta.sweep import setting_arguments  # noqa: E402
+from lightning_meta.tooling.sweep import setting_arguments  # noqa: E402
 
 AUTHORS_META_STEPS = 1000
 CONFIGS = ("leap", "reptile")
-GLYPHS = "import sys; from lightning_meta.tasks import GlyphAlphabets as G; G(sys.argv[1] or None).prepare_data()"
+GLYPHS = "import sys; from lightning_meta.families import GlyphAlphabets as G; G(sys.argv[1] or None).prepare_data()"
 EVALUATION_MARGIN_S = 90  # start-up and the two held-out evaluations at the end of each fit, on a GPU
 
 

@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from memory_tracking import LiveTensorBytes, verify_tracker  # noqa: E402
 
+from lightning_meta.data import EpisodeDataModule  # noqa: E402
+from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
 from lightning_meta.optim import (  # noqa: E402
     CoordinatewiseLSTM,
     LearnedOptimizer,
@@ -49,9 +51,7 @@ from lightning_meta.optim import (  # noqa: E402
     unroll,
 )
 from lightning_meta.optim.training import LearnedOptimizerTraining  # noqa: E402
-from lightning_meta.sweep import format_interval  # noqa: E402
-from lightning_meta.tasks import EpisodeDataModule  # noqa: E402
-from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error  # noqa: E402
+from lightning_meta.tooling.sweep import format_interval  # noqa: E402
 
 MIB = 2**20
 GRID = {"SGD": [0.001, 0.003, 0.01, 0.03], "Adam": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}

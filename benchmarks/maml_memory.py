@@ -2,16 +2,16 @@
 
 What it measures
 ----------------
-The Leap paper's Omniglot net (:class:`~lightning_meta.recipes.ConvClassifier` /
-:class:`~lightning_meta.recipes.MAMLClassifier`: 4 x 64-channel conv blocks, 20 classes, 28x28 grey input, batch
+The Leap paper's Omniglot net (:class:`~lightning_meta.models.ConvClassifier` /
+:class:`~lightning_meta.models.MAMLClassifier`: 4 x 64-channel conv blocks, 20 classes, 28x28 grey input, batch
 20, inner SGD lr 0.1) meta-learns on in-memory random 20-way tasks. For each number of inner steps K:
 
 - ``fomaml`` / ``maml`` / ``maml-checkpointed``: one ``Trainer.fit`` step of a MAMLClassifier on an
-  :class:`~lightning_meta.tasks.EpisodeDataModule` episode (1 task, K support batches of 20 images, query 20):
+  :class:`~lightning_meta.data.EpisodeDataModule` episode (1 task, K support batches of 20 images, query 20):
   the K-step inner loop, the query loss, the backward pass and the meta-optimizer step. ``maml-checkpointed`` cuts
   the unroll into ``ceil(K / --segment-length)`` checkpointed segments.
 - ``leap``: ``Trainer.fit`` of a ConvClassifier with ``Leap(meta_batch_size=1)`` on a
-  :class:`~lightning_meta.tasks.TaskDataModule` stream for K + 2 steps (one whole task with its meta-step, and two
+  :class:`~lightning_meta.data.TaskDataModule` stream for K + 2 steps (one whole task with its meta-step, and two
   steps of the next); ``baseline`` is the same without the callback (ordinary training).
 
 Memory is the peak of live tensor bytes during ``fit`` minus the live bytes just before it (the model, the task
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from memory_tracking import CLASSES, LiveTensorBytes, RandomImageFamily, verify_tracker  # noqa: E402
 
 from lightning_meta import Leap  # noqa: E402
-from lightning_meta.recipes import ConvClassifier, MAMLClassifier  # noqa: E402
-from lightning_meta.tasks import EpisodeDataModule, TaskDataModule  # noqa: E402
+from lightning_meta.data import EpisodeDataModule, TaskDataModule  # noqa: E402
+from lightning_meta.models import ConvClassifier, MAMLClassifier  # noqa: E402
 
 CONFIGURATIONS = ("baseline", "leap", "fomaml", "maml", "maml-checkpointed")
 BATCH = 20

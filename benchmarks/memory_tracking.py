@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from lightning_meta.tasks import ImageTensorDataset, Task, TaskFamily
+from lightning_meta.data import ImageTensorDataset, Task, TaskFamily
 
 CLASSES = 20
 

@@ -2,9 +2,9 @@
 
 What it measures
 ----------------
-The same LightningModule (:class:`~lightning_meta.recipes.ConvClassifier`: the Leap paper's 4 x 64-channel conv
+The same LightningModule (:class:`~lightning_meta.models.ConvClassifier`: the Leap paper's 4 x 64-channel conv
 net, 20 classes, 28x28 grey input, SGD lr 0.1) is trained on the same tasks (an in-memory family of random 28x28
-``uint8`` images with 20 classes, streamed by :class:`~lightning_meta.tasks.TaskDataModule`, ``inner_steps``
+``uint8`` images with 20 classes, streamed by :class:`~lightning_meta.data.TaskDataModule`, ``inner_steps``
 batches per task) three ways, in one process: with no callback (the baseline), with ``Leap(...)`` and with
 ``Reptile(...)``.
 
@@ -80,8 +80,8 @@ from memory_tracking import (  # noqa: E402
 )
 
 from lightning_meta import Leap, Reptile  # noqa: E402
-from lightning_meta.recipes import ConvClassifier  # noqa: E402
-from lightning_meta.tasks import TaskDataModule, TaskFamily  # noqa: E402
+from lightning_meta.data import TaskDataModule, TaskFamily  # noqa: E402
+from lightning_meta.models import ConvClassifier  # noqa: E402
 
 CONFIGURATIONS = ("baseline", "leap", "leap-no-loss", "reptile")
 

@@ -3,7 +3,7 @@
 What it measures
 ----------------
 One task stream (in-memory random 28x28 images, 20 classes, batch ``--batch-size``, ``--inner-steps`` steps per
-task), the Leap paper's conv net (:class:`~lightning_meta.recipes.ConvClassifier`, ``--channels`` wide, inner SGD
+task), the Leap paper's conv net (:class:`~lightning_meta.models.ConvClassifier`, ``--channels`` wide, inner SGD
 lr 0.1), Leap with ``p=1``, the loss term, the stabilizer, meta SGD lr 0.1 and a meta-step after every task, trained
 four ways in one process:
 
@@ -14,7 +14,7 @@ four ways in one process:
 - ``engine``: the same loop on the same batches with :class:`~lightning_meta.engine.MetaLearner` doing Leap (our
   engine without Lightning).
 - ``lightning``: ``Trainer.fit`` of the same module on the same stream through
-  :class:`~lightning_meta.tasks.TaskDataModule`, no callback (Lightning's own floor, plus our data stream).
+  :class:`~lightning_meta.data.TaskDataModule`, no callback (Lightning's own floor, plus our data stream).
 - ``lightning+leap``: the same with the ``Leap`` callback.
 
 Each run's time is process CPU time per inner step over ``--steps`` steps after ``--warmup`` steps (Lightning runs:
@@ -65,9 +65,9 @@ from memory_tracking import CLASSES, RandomImageFamily  # noqa: E402
 from overhead import StepClock, machine  # noqa: E402
 
 from lightning_meta import Leap  # noqa: E402
+from lightning_meta.data import TaskDataModule, TaskFamily  # noqa: E402
 from lightning_meta.engine import LeapRule, MetaLearner  # noqa: E402
-from lightning_meta.recipes import ConvClassifier  # noqa: E402
-from lightning_meta.tasks import TaskDataModule, TaskFamily  # noqa: E402
+from lightning_meta.models import ConvClassifier  # noqa: E402
 
 CONFIGURATIONS = ("raw", "engine", "lightning", "lightning+leap")
 Batches = list[list[tuple[torch.Tensor, torch.Tensor]]]

@@ -2,8 +2,8 @@
 trained again, with another number of torch threads, and with its meta-batch's tasks trained together
 (``task_batch``) instead of one at a time, in float32 and float64.
 
-Every run: ``seed_everything(0)``, :class:`~lightning_meta.recipes.ConvClassifier` (``--channels``), a
-:class:`~lightning_meta.tasks.TaskDataModule` of the glyph alphabets (``--inner-steps`` steps of batch 20 per task,
+Every run: ``seed_everything(0)``, :class:`~lightning_meta.models.ConvClassifier` (``--channels``), a
+:class:`~lightning_meta.data.TaskDataModule` of the glyph alphabets (``--inner-steps`` steps of batch 20 per task,
 meta-batch ``--meta-batch``), ``Leap(meta_lr=0.1)``; theta_0 is read after every meta-step. The table gives, for each
 comparison and each meta-step, the largest difference of a theta_0 entry relative to the largest entry of the
 reference run's theta_0 (0 is bit for bit).
@@ -20,8 +20,8 @@ import lightning as L
 import torch
 
 from lightning_meta import Leap
-from lightning_meta.recipes import ConvClassifier
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
+from lightning_meta.models import ConvClassifier
 
 
 class Snapshots(L.Callback):

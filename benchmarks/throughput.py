@@ -3,7 +3,7 @@ tasks at once (``TaskBatchedLearner``: stacked parameters, ``torch.func.vmap`` o
 
 What it measures
 ----------------
-The Leap paper's Omniglot net (:class:`~lightning_meta.recipes.ConvClassifier`: 4 x [conv 3x3, max-pool, BatchNorm,
+The Leap paper's Omniglot net (:class:`~lightning_meta.models.ConvClassifier`: 4 x [conv 3x3, max-pool, BatchNorm,
 ReLU] + linear, 20 classes, 28x28 grey input) at each of ``--channels``, batch ``--batch-size``, inner SGD, Leap
 (``p=1``, loss term, stabilizer). For each T of ``--tasks`` one meta-batch of T tasks of ``--inner-steps`` steps
 each is trained two ways, ``sequential`` (one task after the other, a fresh SGD per task) and ``batched`` (all T
@@ -13,7 +13,7 @@ tasks together, one SGD over the stacked parameters), through one of two doors (
   :class:`~lightning_meta.engine.MetaLearner` or :class:`~lightning_meta.engine.TaskBatchedLearner`. The data are
   random tensors already on the device (a pool of 4 batches per task, cycled), so that the loop, not data loading,
   is timed.
-- ``trainer``: ``Trainer.fit`` with ``Leap`` and a :class:`~lightning_meta.tasks.TaskDataModule` of in-memory random
+- ``trainer``: ``Trainer.fit`` with ``Leap`` and a :class:`~lightning_meta.data.TaskDataModule` of in-memory random
   images (``task_batch=T`` for ``batched``): what a user runs, with Lightning's loop and the task stream (loaded in
   the main process, moved to the device each step). Each fit trains 2 meta-batches; the second one is timed, from
   the start of its first step to the end of its last.
@@ -72,9 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from memory_tracking import LiveTensorBytes, RandomImageFamily, verify_tracker  # noqa: E402
 
 from lightning_meta import Leap  # noqa: E402
+from lightning_meta.data import TaskDataModule  # noqa: E402
 from lightning_meta.engine import LeapRule, MetaLearner, TaskBatchedLearner  # noqa: E402
-from lightning_meta.recipes import ConvClassifier  # noqa: E402
-from lightning_meta.tasks import TaskDataModule  # noqa: E402
+from lightning_meta.models import ConvClassifier  # noqa: E402
 
 PATHS = ("sequential", "batched")
 POOL = 4  # batches per task, cycled

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightning_meta import moved
+
 if TYPE_CHECKING:
     from lightning_meta.callbacks import AtariEvaluation, HeldOutEarlyStopping, Leap, MetaEvaluation, MetaInit, Reptile
     from lightning_meta.engine import MetaLearner
@@ -37,6 +39,9 @@ __all__ = [
     "Reptile",
     "__version__",
 ]
+
+
+moved.install()  # the import paths of release 0.1 keep working for one release, with a warning
 
 
 def __getattr__(name: str) -> Any:

@@ -28,17 +28,18 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_module, rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_meta.atomic_files import write_atomically
 from lightning_meta.callbacks import CheckpointOnSignal, MetaCheckpoint, MetaProgressBar, RunSummary
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.checkpoint_io import use_atomic_checkpoints
 from lightning_meta.cli_errors import flag_of, run_reporting_errors
 from lightning_meta.cli_parse_errors import MetaArgumentParser
-from lightning_meta.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
-from lightning_meta.run_folders import claim_version
-from lightning_meta.tasks import StreamDataModule, TaskDataModule
+from lightning_meta.data import StreamDataModule, TaskDataModule
+from lightning_meta.lightning_private import LIGHTNING_MESSAGES, drop_unset_anonymous
+from lightning_meta.trainer.checkpoint_io import use_atomic_checkpoints
+from lightning_meta.trainer.resume_checks import check_resumed_class, check_weights_fit, keep_configured_values
+from lightning_meta.trainer.run_folders import claim_version
 from lightning_meta.utils import own_run_dir
 
 RECIPES = """\
@@ -83,7 +84,7 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
 def quiet() -> None:
     """Hide what a user of the command cannot act on: Lightning's tips (for its litlogger and litmodels services)
     and the ``FutureWarning`` that Lightning 2.6's own data loading raises through torch's ``LeafSpec``."""
-    rank_zero_module.log.addFilter(_not_a_tip)  # once: a logger keeps a filter only once
+    LIGHTNING_MESSAGES.addFilter(_not_a_tip)  # once: a logger keeps a filter only once
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
@@ -103,22 +104,30 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class MetaCLI(LightningCLI):
     """LightningCLI whose ``data`` is a :class:`TaskDataModule` (the default: its ``class_path`` may be left out) or
-    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.tasks.AtariDataModule``).
+    any other :class:`StreamDataModule` named by ``class_path`` (e.g. ``lightning_meta.families.AtariDataModule``).
 
     Every Trainer it builds gets a :class:`~lightning_meta.callbacks.MetaProgressBar` (unless the progress bar is off
     or another one is configured), a :class:`~lightning_meta.callbacks.MetaCheckpoint` (unless checkpointing is off
     or a checkpoint callback is configured), a :class:`~lightning_meta.callbacks.RunSummary` and a
     :class:`~lightning_meta.callbacks.CheckpointOnSignal` (SIGTERM or SIGINT: saved, the command that resumes, exit
-    status 143 or 130); checkpoints are written atomically (:class:`~lightning_meta.checkpoint_io.AtomicCheckpointIO`)
-    and each logger's version folder is claimed before fit (:func:`~lightning_meta.run_folders.claim_version`), so two
-    runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings through."""
+    status 143 or 130); checkpoints are written atomically
+    (:class:`~lightning_meta.trainer.checkpoint_io.AtomicCheckpointIO`) and each logger's version folder is claimed
+    before fit (:func:`~lightning_meta.trainer.run_folders.claim_version`),
+    so two runs with one output folder never mix. ``--verbose`` lets Lightning's tips and the libraries' warnings
+    through."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
         self.command_line = None if isinstance(given, dict) else list(sys.argv[1:] if given is None else given)
         self.resumed: tuple[str, dict[str, Any], Any] | None = None  # --ckpt_path, its checkpoint, the parsed model
         self.kept: list[tuple[str, Any, Any]] = []  # model arguments configured otherwise than the checkpoint says
+        self.model_base: type[L.LightningModule] = kwargs.get("model_class") or L.LightningModule
         super().__init__(*args, **kwargs)
+
+    def _chosen(self, config: Any, key: str, default: Any) -> Any:
+        """``key`` of the running subcommand's config (of the whole config without a subcommand)."""
+        section = config.get(self.subcommand) if self.subcommand else config
+        return section.get(key, default) if section is not None else default
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -129,13 +138,13 @@ class MetaCLI(LightningCLI):
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self.model_base, "model", subclass_mode=self.subclass_mode_model)
         parser.add_subclass_arguments((TaskDataModule, StreamDataModule), "data", fail_untyped=False, required=True)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check that ``--ckpt_path`` names a readable checkpoint: a truncated or foreign file fails here
         with a message naming it (:mod:`lightning_meta.checkpoint_files`), before Lightning reads it; and that it is
-        a checkpoint of the configured model class (:mod:`lightning_meta.resume_checks`)."""
+        a checkpoint of the configured model class (:mod:`lightning_meta.trainer.resume_checks`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -157,7 +166,7 @@ class MetaCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        if not self._get(self.config, "verbose", default=False):
+        if not self._chosen(self.config, "verbose", default=False):
             quiet()
         if self.resumed is not None and self.subcommand is not None:
             path, _, written = self.resumed
@@ -186,13 +195,10 @@ class MetaCLI(LightningCLI):
         if wandb:
             wandb_offline_without_key()
         for logger in wandb:
-            # Lightning 2.6 passes anonymous=None to wandb.init, which wandb (0.31 here) answers with a warning that the
-            # setting has no effect; leaving the key out is what None means
-            if logger._wandb_init.get("anonymous", "allow") is None:
-                del logger._wandb_init["anonymous"]
+            drop_unset_anonymous(logger)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._chosen(self.config_init, "trainer", default={})
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         defaults: list[L.Callback] = []
@@ -228,7 +234,7 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
                 run=run,
             )
         finally:
-            rank_zero_module.log.removeFilter(_not_a_tip)
+            LIGHTNING_MESSAGES.removeFilter(_not_a_tip)
 
 
 def command() -> None:

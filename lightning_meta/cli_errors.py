@@ -27,7 +27,7 @@ Anything else is a bug and keeps its full traceback, as does everything with ``-
 errors, one line too (exit status 2, :mod:`lightning_meta.cli_parse_errors`).
 
 Examples:
-    >>> from lightning_meta.tasks import TaskDataModule
+    >>> from lightning_meta.data import TaskDataModule
     >>> def bad() -> None:
     ...     TaskDataModule(inner_steps=0)
     >>> run_reporting_errors(bad, [])  # prints "lightning-meta: TaskDataModule: inner_steps must be >= 1, got 0"

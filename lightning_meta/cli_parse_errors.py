@@ -15,7 +15,7 @@ Examples:
     >>> message = '''Parser key "data":
     ...   Does not validate against any of the Union subtypes
     ...   Errors:
-    ...     - Problem with given class_path 'lightning_meta.tasks.TaskDataModule':
+    ...     - Problem with given class_path 'lightning_meta.data.TaskDataModule':
     ...         Option 'inner_stepz' is not accepted
     ...   Given value: NestedArg(key='inner_stepz', val='5')'''
     >>> parse_error_line(message, valid_keys=[])

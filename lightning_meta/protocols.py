@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     import lightning as L
 
-    from lightning_meta.tasks.family import Split, Task, TaskInfo
+    from lightning_meta.data.family import Split, Task, TaskInfo
 
 P = TypeVar("P")
 
@@ -44,7 +44,7 @@ P = TypeVar("P")
 @runtime_checkable
 class StepsPerBatch(Protocol):
     """A module that takes several optimizer steps per batch (e.g. truncated back-propagation through an unroll):
-    the task stream counts the batches a run consumed with it (:class:`~lightning_meta.tasks.TaskDataModule`)."""
+    the task stream counts the batches a run consumed with it (:class:`~lightning_meta.data.TaskDataModule`)."""
 
     @property
     def optimizer_steps_per_batch(self) -> int: ...
@@ -53,7 +53,7 @@ class StepsPerBatch(Protocol):
 @runtime_checkable
 class FixedInnerSteps(Protocol):
     """A module whose inner loop has a fixed number of steps (MAML): episodes carry that many support batches
-    unless told otherwise (:class:`~lightning_meta.tasks.EpisodeDataModule`); ``None``: not fixed."""
+    unless told otherwise (:class:`~lightning_meta.data.EpisodeDataModule`); ``None``: not fixed."""
 
     @property
     def fixed_inner_steps(self) -> int | None: ...
@@ -63,7 +63,7 @@ class FixedInnerSteps(Protocol):
 class InnerOptimizer(Protocol):
     """A module whose ``configure_optimizers`` is not how held-out tasks train (MAML's meta-optimizer, a fine-tuning
     baseline's pre-training rate): held-out tasks train with this optimizer instead, given in any form
-    ``configure_optimizers`` may return one optimizer (:class:`~lightning_meta.callbacks.held_out.HeldOutTraining`)."""
+    ``configure_optimizers`` may return one optimizer (:class:`~lightning_meta.trainer.held_out.HeldOutTraining`)."""
 
     def configure_inner_optimizer(self) -> Optimizer | dict[str, Any]: ...
 
@@ -72,7 +72,7 @@ class InnerOptimizer(Protocol):
 class TaskAware(Protocol):
     """A model that needs to know the task it starts (a head per task sized by ``num_classes``, one chosen by the
     task's index, anything in ``metadata``): ``start_task`` is called as each task starts, with its
-    :class:`~lightning_meta.tasks.TaskInfo`: meta-training tasks by :class:`~lightning_meta.MetaInit` (Leap,
+    :class:`~lightning_meta.data.TaskInfo`: meta-training tasks by :class:`~lightning_meta.MetaInit` (Leap,
     Reptile), held-out tasks by :class:`~lightning_meta.MetaEvaluation`. Trained without a meta-learning callback, a
     model reads its task from the data module (``trainer.datamodule.current_task()``)."""
 
@@ -92,7 +92,7 @@ class TrainsTasksApart(Protocol):
 class HeldOutTasks(Protocol):
     """What a data module gives held-out evaluation: the tasks of a split, the default steps per task and batch
     size, and how samples collate (``None``: PyTorch's ``default_collate``) (:class:`~lightning_meta.MetaEvaluation`;
-    a :class:`~lightning_meta.tasks.TaskDataModule` has them)."""
+    a :class:`~lightning_meta.data.TaskDataModule` has them)."""
 
     inner_steps: int
     batch_size: int
@@ -105,7 +105,7 @@ class HeldOutTasks(Protocol):
 class CountsMetaSteps(Protocol):
     """A module that is its own meta-learner (MAML, learned optimizers): the meta-steps completed after a number of
     optimizer steps, which :class:`~lightning_meta.callbacks.progress.MetaProgressBar` shows of the run's total (a
-    :class:`~lightning_meta.tasks.schedule.TaskSchedule` has the same method)."""
+    :class:`~lightning_meta.data.schedule.TaskSchedule` has the same method)."""
 
     def meta_steps_done(self, optimizer_steps: int) -> int: ...
 

@@ -1,11 +1,10 @@
-"""Small helpers shared by the meta-learners: parameter filters, calling a user's module without side effects, range
+"""Small helpers shared by the meta-learners: parameter filters,
 checks of numeric arguments, and the folder of a run's files."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,39 +32,6 @@ def parameter_filter(include: str | ParamFilter | None) -> ParamFilter:
         pattern = re.compile(include)
         return lambda name, parameter: pattern.search(name) is not None
     return include
-
-
-def check_range(owner: str, low: float, strict: bool = False, **values: float | None) -> None:
-    """Raise ``ValueError("<owner>: <name> must be >= low, got <value>")`` (``> low`` when ``strict``) for the first of
-    ``values`` out of range; ``None`` (an optional argument left out) passes. The message names the argument, so that
-    ``lightning-meta`` reports the user's key for it (:mod:`lightning_meta.cli_errors`).
-
-    Examples:
-        >>> check_range("ConvClassifier", 0, strict=True, lr=0.1, pretrain_lr=None)
-        >>> check_range("ConvClassifier", 1, channels=0)
-        Traceback (most recent call last):
-        ...
-        ValueError: ConvClassifier: channels must be >= 1, got 0
-    """
-    for name, value in values.items():
-        if value is not None and not (value > low if strict else value >= low):
-            raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
-
-
-@contextmanager
-def muted_logging(pl_module: L.LightningModule, into: Any = None) -> Iterator[None]:
-    """Turn ``self.log`` / ``self.log_dict`` into no-ops, e.g. while a callback re-runs ``training_step``, or send them
-    to ``into``'s ``log`` / ``log_dict`` methods (to collect what is logged). Nests: on exit the previous ones are back.
-    """
-    previous = {name: vars(pl_module)[name] for name in ("log", "log_dict") if name in vars(pl_module)}
-    pl_module.log = getattr(into, "log", lambda *args, **kwargs: None)  # type: ignore[method-assign]
-    pl_module.log_dict = getattr(into, "log_dict", lambda *args, **kwargs: None)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del pl_module.log, pl_module.log_dict
-        for name, method in previous.items():
-            setattr(pl_module, name, method)
 
 
 FIRST_TASK = "meta/first_task"

@@ -1,10 +1,10 @@
-"""The checks of arguments that several parts share, written once: sizes that must be positive, and choices.
+"""The checks of arguments that every part shares, written once: numbers in range (sizes >= 1, rates > 0), and choices.
 
 Plain Python (the engine imports it, and no Lightning).
 
 Examples:
-    >>> check_positive("TaskDataModule", inner_steps=5, meta_batch_size=None)  # None: not given, fine
-    >>> check_positive("TaskDataModule", inner_steps=0)
+    >>> check_range("TaskDataModule", 1, inner_steps=5, meta_batch_size=None)  # None: not given, fine
+    >>> check_range("TaskDataModule", 1, inner_steps=0)
     Traceback (most recent call last):
     ...
     ValueError: TaskDataModule: inner_steps must be >= 1, got 0
@@ -25,12 +25,21 @@ Parallel = Literal["tasks", "data"]
 PARALLEL: tuple[Parallel, ...] = ("tasks", "data")
 
 
-def check_positive(owner: str, minimum: int = 1, **sizes: int | None) -> None:
-    """Fail with ``"<owner>: <name> must be >= <minimum>, got <value>"`` for the first size below ``minimum``;
-    ``None`` (not given) passes."""
-    for name, value in sizes.items():
-        if value is not None and value < minimum:
-            raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+def check_range(owner: str, low: float, strict: bool = False, **values: float | None) -> None:
+    """Raise ``ValueError("<owner>: <name> must be >= low, got <value>")`` (``> low`` when ``strict``) for the first of
+    ``values`` out of range; ``None`` (an optional argument left out) passes. The message names the argument, so that
+    ``lightning-meta`` reports the user's key for it (:mod:`lightning_meta.cli_errors`).
+
+    Examples:
+        >>> check_range("ConvClassifier", 0, strict=True, lr=0.1, pretrain_lr=None)
+        >>> check_range("ConvClassifier", 1, channels=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ConvClassifier: channels must be >= 1, got 0
+    """
+    for name, value in values.items():
+        if value is not None and not (value > low if strict else value >= low):
+            raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
 def check_choice(owner: str, name: str, value: object, choices: Sequence[object]) -> None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def glyph_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One build of the embedded glyph alphabets for the whole session, outside the user's cache."""
-    from lightning_meta.tasks import GlyphAlphabets
+    from lightning_meta.families import GlyphAlphabets
 
     root = str(tmp_path_factory.mktemp("glyphs"))
     GlyphAlphabets(root=root).prepare_data()

@@ -37,8 +37,9 @@ from helpers import DictRegression, DictSamples, TinyClassifier, ToyFamily, regr
 
 from lightning_meta import Leap, MetaEvaluation, Reptile  # noqa: E402
 from lightning_meta.callbacks import CheckpointOnSignal  # noqa: E402
+from lightning_meta.data import EpisodeDataModule, TaskDataModule  # noqa: E402
+from lightning_meta.families import DatasetTasks  # noqa: E402
 from lightning_meta.mixins import MAMLMixin  # noqa: E402
-from lightning_meta.tasks import DatasetTasks, EpisodeDataModule, TaskDataModule  # noqa: E402
 
 
 class NaNOnTask(TinyClassifier):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_meta.tasks import ImageTensorDataset, Task, TaskFamily
+from lightning_meta.data import ImageTensorDataset, Task, TaskFamily
 
 
 class ToyFamily(TaskFamily):

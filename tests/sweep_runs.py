@@ -24,8 +24,8 @@ from helpers import TinyClassifier, ToyFamily, flat  # noqa: E402
 from lightning_meta import Leap  # noqa: E402
 from lightning_meta.callbacks import CheckpointOnSignal  # noqa: E402
 from lightning_meta.checkpoint_files import load_checkpoint  # noqa: E402
-from lightning_meta.sweep import Cell, Sweep, grid, interrupted_checkpoint  # noqa: E402
-from lightning_meta.tasks import TaskDataModule  # noqa: E402
+from lightning_meta.data import TaskDataModule  # noqa: E402
+from lightning_meta.tooling.sweep import Cell, Sweep, grid, interrupted_checkpoint  # noqa: E402
 
 GRIDS = {"leap": grid(**{"Leap.meta_lr": [0.1, 0.3, 1.0]}), "scratch": []}
 PLAN = {"leap": ["1", "2"], "scratch": ["any"]}  # 6 tuning cells, then 3 test cells

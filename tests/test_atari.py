@@ -13,12 +13,13 @@ import wandb
 
 from lightning_meta import Leap, MetaInit
 from lightning_meta.cli import main
+from lightning_meta.families import AtariDataModule
+from lightning_meta.families.rollouts import Rollout, RolloutCollector
 from lightning_meta.engine import LeapRule
-from lightning_meta.recipes import AtariActorCritic
-from lightning_meta.recipes.actor_critic import n_step_returns
-from lightning_meta.tasks import AtariDataModule, AtariGames
-from lightning_meta.tasks.atari import make_vector_env
-from lightning_meta.tasks.rollouts import Rollout, RolloutCollector
+from lightning_meta.families import AtariGames
+from lightning_meta.families.atari import make_vector_env
+from lightning_meta.models import AtariActorCritic
+from lightning_meta.models.actor_critic import n_step_returns
 
 ROOT = Path(__file__).parents[1]
 
@@ -63,7 +64,8 @@ def test_missing_packages_name_the_extra(monkeypatch):
         make_vector_env("Pong", num_envs=1)
     for name in [name for name in sys.modules if name.startswith("lightning_meta")]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh below, without the Atari packages
-    for name in ("lightning_meta", "lightning_meta.recipes", "lightning_meta.tasks", "lightning_meta.cli"):
+    for name in ("lightning_meta", "lightning_meta.models", "lightning_meta.data", "lightning_meta.families",
+                 "lightning_meta.cli"):
         importlib.import_module(name)
 
 

@@ -19,11 +19,11 @@ from sweep_runs import GRIDS, PLAN, fit_until_stopped
 from test_ddp import fresh_environment
 from test_stop_signals import SignalAt
 
-from lightning_meta import sweep as sweep_module
+from lightning_meta.tooling import sweep as sweep_module
 from lightning_meta.callbacks.signal_checkpoint import INTERRUPTED
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.run_folders import claim_version
-from lightning_meta.sweep import Cell, Sweep, interrupted_checkpoint
+from lightning_meta.tooling.sweep import Cell, Sweep, interrupted_checkpoint
+from lightning_meta.trainer.run_folders import claim_version
 
 ROOT = Path(__file__).parents[1]
 SWEEP = [sys.executable, str(Path(__file__).with_name("sweep_runs.py"))]
@@ -112,7 +112,7 @@ def test_a_cell_held_by_another_process_is_waited_for_not_run(tmp_path, monkeypa
     sweep = Sweep(tmp_path, score, {"leap": GRIDS["leap"]}, ["auc"], score="auc", log=lines.append)
     held = Cell("tune", "leap", "1", 0, (("Leap.meta_lr", 0.3),))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from lightning_meta.file_locks import claimed\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from lightning_meta.tooling.file_locks import claimed\n"
          "with claimed(Path(sys.argv[1])) as mine:\n    print(mine, flush=True); sys.stdin.readline()",
          str(sweep.claim(held))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -6,8 +6,8 @@ import torch
 from helpers import ToyFamily
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from lightning_meta.tasks import TaskDataModule
-from lightning_meta.tasks.stream import TaskBatchSampler
+from lightning_meta.data import TaskDataModule
+from lightning_meta.data.stream import TaskBatchSampler
 
 INNER_STEPS = 3
 

@@ -14,8 +14,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap
 from lightning_meta.callbacks.meta_evaluation import adapt
-from lightning_meta.recipes import DatasetClassifier
-from lightning_meta.tasks import ImageTensorDataset, Task, TaskDataModule, TaskFamily, TaskInfo
+from lightning_meta.data import ImageTensorDataset, Task, TaskDataModule, TaskFamily, TaskInfo
+from lightning_meta.models import DatasetClassifier
 
 CLASSES = {"train": [2, 3, 4], "val": [2], "test": [3]}
 

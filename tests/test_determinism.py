@@ -10,7 +10,7 @@ import torch
 from helpers import TinyClassifier, ToyFamily, make_trainer
 
 from lightning_meta import Leap, MetaEvaluation
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 
 def one_run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -19,8 +19,8 @@ from test_faults import command_line, omniglot_quick, overlay
 from lightning_meta import Leap
 from lightning_meta.atomic_files import DiskFull, write_atomically
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.checkpoint_io import AtomicCheckpointIO
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
+from lightning_meta.trainer.checkpoint_io import AtomicCheckpointIO
 
 
 class FillsUp:

@@ -14,8 +14,9 @@ PACKAGES = [
     "lightning_meta.engine",
     "lightning_meta.mixins",
     "lightning_meta.optim",
-    "lightning_meta.recipes",
-    "lightning_meta.tasks",
+    "lightning_meta.models",
+    "lightning_meta.data",
+    "lightning_meta.families",
 ]
 
 

@@ -25,11 +25,12 @@ from torchmetrics.regression import MeanSquaredError
 from torchmetrics.text import Perplexity
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit, Reptile
+from lightning_meta.data import Task, TaskDataModule, TaskInfo
+from lightning_meta.data.schedule import TaskSchedule
+from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 from lightning_meta.engine import LeapRule, MetaLearner, TrajectoryRule
 from lightning_meta.fabric import fabric_meta_learner
-from lightning_meta.tasks import DatasetTasks, FewShotTasks, SeededTasks, Task, TaskDataModule, TaskInfo
-from lightning_meta.tasks.schedule import TaskSchedule
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.families import DatasetTasks, FewShotTasks, SeededTasks
 
 K, META_BATCH, META_STEPS, LR = 3, 2, 2, 0.1
 

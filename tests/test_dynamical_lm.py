@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_meta.cli import main
+from lightning_meta.families import DocumentDataModule, TextDocuments
+from lightning_meta.models import DynamicalLanguageModel
+from lightning_meta.models.byte_lstm import ByteLSTM, select_parameters
+from lightning_meta.models.dynamic_evaluation import read_document, sgd
+from lightning_meta.models.dynamical_lm import window_bounds
 from lightning_meta.optim import CoordinatewiseLSTM, LearnedOptimizer
-from lightning_meta.recipes import DynamicalLanguageModel
-from lightning_meta.recipes.byte_lstm import ByteLSTM, select_parameters
-from lightning_meta.recipes.dynamic_evaluation import read_document, sgd
-from lightning_meta.recipes.dynamical_lm import window_bounds
-from lightning_meta.tasks import DocumentDataModule, TextDocuments
 
 RECIPES = Path(__file__).parent.parent / "recipes" / "dynamical_lm"
 DYNAMIC = r"decoder|lstm\..*_l1$"  # the output layer (tied to the embedding) and the top LSTM layer of two

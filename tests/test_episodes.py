@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import ToyFamily
 
-from lightning_meta.tasks import EpisodeDataModule, ImageTensorDataset, Task, TaskFamily
+from lightning_meta.data import EpisodeDataModule, ImageTensorDataset, Task, TaskFamily
 
 
 class TrainBlackTestWhite(TaskFamily):

@@ -44,8 +44,8 @@ from lightning_meta.callbacks.meta_init import FINAL_CHECKPOINT
 from lightning_meta.checkpoint_files import UnreadableCheckpoint, load_checkpoint, readable_checkpoint
 from lightning_meta.cli import main
 from lightning_meta.cli_errors import DEBUG_ENV, run_reporting_errors
+from lightning_meta.data import TaskDataModule
 from lightning_meta.engine import MetaTrainingDiverged, RunawayGuard
-from lightning_meta.tasks import TaskDataModule
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 K, M = 3, 2  # inner steps per task, tasks per meta-batch

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 
 from lightning_meta import Leap, Reptile
+from lightning_meta.data import TaskDataModule
 from lightning_meta.engine import LeapRule, MetaLearner, ReptileRule, distributed_sum
 from lightning_meta.fabric import fabric_meta_learner
-from lightning_meta.tasks import TaskDataModule
 
 K, TASKS, META_BATCH, LR = 4, 4, 2, 0.5
 RULES = {

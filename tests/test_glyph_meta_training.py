@@ -11,9 +11,10 @@ from torchvision.transforms import v2
 
 from lightning_meta import Leap, MetaEvaluation, MetaInit
 from lightning_meta.cli import main
+from lightning_meta.data import EpisodeDataModule, TaskDataModule
 from lightning_meta.engine import LeapRule, ReptileRule
-from lightning_meta.recipes import ConvClassifier, MAMLClassifier, MultiHeadClassifier
-from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets, Omniglot, TaskDataModule
+from lightning_meta.families import GlyphAlphabets, Omniglot
+from lightning_meta.models import ConvClassifier, MAMLClassifier, MultiHeadClassifier
 
 RECIPES = Path(__file__).parents[1] / "recipes" / "omniglot"
 

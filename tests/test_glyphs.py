@@ -12,8 +12,8 @@ import pytest
 import torch
 from matplotlib.ft2font import FT2Font
 
-from lightning_meta.tasks import glyphs
-from lightning_meta.tasks.glyphs import GlyphAlphabets
+from lightning_meta.families import glyphs
+from lightning_meta.families.glyphs import GlyphAlphabets
 
 SMALL_SCRIPTS = tuple(script for script in glyphs.SCRIPTS if script[0] in ("Latin", "Armenian", "Hebrew"))
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from helpers import TinyClassifier, ToyFamily
 
-from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
 from lightning_meta.callbacks.meta_evaluation import adapt
-from lightning_meta.tasks import ImageTensorDataset, Task
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.data import ImageTensorDataset, Task
+from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.trainer.early_stopping import HeldOutEarlyStopping
 
 
 def test_validation_split_takes_a_seeded_share_of_every_class():

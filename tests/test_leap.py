@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import TinyClassifier, ToyFamily, flat, make_trainer
 
 from lightning_meta import Leap, Reptile
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 K = 4  # inner steps
 

@@ -13,6 +13,9 @@ from helpers import TinyClassifier, make_trainer
 from torch import nn
 
 from lightning_meta.cli import main
+from lightning_meta.data import EpisodeDataModule
+from lightning_meta.families import GlyphAlphabets
+from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error
 from lightning_meta.optim import (
     CoordinatewiseLSTM,
     LearnedOptimizer,
@@ -22,8 +25,6 @@ from lightning_meta.optim import (
     unroll,
 )
 from lightning_meta.optim.training import LearnedOptimizerTraining
-from lightning_meta.tasks import EpisodeDataModule, GlyphAlphabets
-from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics, squared_error
 
 
 def mse(out, y):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from helpers import ToyFamily, make_trainer
 from torch import nn
 
+from lightning_meta.data import EpisodeBatch, EpisodeDataModule
 from lightning_meta.mixins import MAMLMixin
-from lightning_meta.tasks import EpisodeBatch, EpisodeDataModule
 
 
 class TinyMAML(MAMLMixin, L.LightningModule):

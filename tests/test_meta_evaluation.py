@@ -11,10 +11,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap, MetaEvaluation
-from lightning_meta.callbacks.held_out import one_optimizer
+from lightning_meta.data import TaskDataModule
+from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 from lightning_meta.metrics import curve_auc
-from lightning_meta.tasks import TaskDataModule
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.trainer.held_out import one_optimizer
 
 K = 5
 

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap, Reptile
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 K = 4
 

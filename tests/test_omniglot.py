@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lightning_meta.tasks.omniglot import Omniglot
+from lightning_meta.families.omniglot import Omniglot
 
 BAND = 5  # character j is a black horizontal band at rows 5j..5j+4, drawer d a black vertical band at columns 5d..5d+4
 

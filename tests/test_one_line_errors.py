@@ -15,9 +15,9 @@ from test_faults import command_line, omniglot_quick
 from lightning_meta.checkpoint_files import WrongModelCheckpoint, load_checkpoint, readable_checkpoint
 from lightning_meta.cli import main
 from lightning_meta.cli_errors import run_reporting_errors
-from lightning_meta.recipes import ConvClassifier, DynamicalLanguageModel, MultiHeadClassifier
-from lightning_meta.sweep import ResultsFile, Sweep, grid
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
+from lightning_meta.models import ConvClassifier, DynamicalLanguageModel, MultiHeadClassifier
+from lightning_meta.tooling.sweep import ResultsFile, Sweep, grid
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -78,7 +78,7 @@ def test_a_folder_of_empty_text_files_names_the_folder_not_the_crop(tmp_path, mo
         (tmp_path / name).touch()
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(RECIPES / "dynamical_lm" / "quick.yaml"),
-            "--data.family=lightning_meta.tasks.TextDocuments", f"--data.family.root={tmp_path}"]  # fmt: skip
+            "--data.family=lightning_meta.families.TextDocuments", f"--data.family.root={tmp_path}"]  # fmt: skip
     status, err = command_line(capsys, args)
     assert status == 1 and err.splitlines()[-1] == (
         f"lightning-meta: --data.family.root={tmp_path}: TextDocuments: all 3 documents of root={tmp_path} are "
@@ -90,7 +90,7 @@ def test_documents_shorter_than_a_crop_name_inner_steps_not_the_crop(tmp_path, m
     (tmp_path / "short.txt").write_text("a short document")  # its name puts it in the training split
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(RECIPES / "dynamical_lm" / "quick.yaml"),
-            "--data.family=lightning_meta.tasks.TextDocuments", f"--data.family.root={tmp_path}"]  # fmt: skip
+            "--data.family=lightning_meta.families.TextDocuments", f"--data.family.root={tmp_path}"]  # fmt: skip
     status, err = command_line(capsys, [*args, "--data.short_documents=skip", "--data.inner_steps=16"])
     assert status == 1 and err.splitlines()[-1].startswith(
         "lightning-meta: --data.inner_steps=16: DocumentDataModule: inner_steps=16 and segment=32 read 544 bytes"
@@ -128,31 +128,31 @@ def lightning_meta_checkpoint(path: Path, model: torch.nn.Module, class_path: st
 
 def test_load_from_checkpoint_of_another_model_class_is_one_line_naming_both(tmp_path):
     language = lightning_meta_checkpoint(tmp_path / "lm.ckpt", DynamicalLanguageModel(hidden_size=8, num_layers=1),
-                                         "lightning_meta.recipes.DynamicalLanguageModel", hidden_size=8, num_layers=1)
+                                         "lightning_meta.models.DynamicalLanguageModel", hidden_size=8, num_layers=1)
     with pytest.raises(WrongModelCheckpoint) as error:
         ConvClassifier.load_from_checkpoint(language)
     assert str(error.value) == (
-        f"{language} is a checkpoint of DynamicalLanguageModel (lightning_meta.recipes.DynamicalLanguageModel), not "
+        f"{language} is a checkpoint of DynamicalLanguageModel (lightning_meta.models.DynamicalLanguageModel), not "
         "of ConvClassifier: load it with DynamicalLanguageModel.load_from_checkpoint, or pass a checkpoint of a "
         "ConvClassifier"
     )
     with pytest.raises(WrongModelCheckpoint, match="is a checkpoint of DynamicalLanguageModel"):
         readable_checkpoint(language, ConvClassifier)  # the same for a module of one's own
     heads = lightning_meta_checkpoint(tmp_path / "heads.ckpt", MultiHeadClassifier(num_heads=2, channels=8),
-                                      "lightning_meta.recipes.MultiHeadClassifier", num_heads=2, channels=8)
+                                      "lightning_meta.models.MultiHeadClassifier", num_heads=2, channels=8)
     assert isinstance(MultiHeadClassifier.load_from_checkpoint(heads), MultiHeadClassifier)  # its own class loads
     readable_checkpoint(heads, ConvClassifier)  # a subclass's checkpoint is no other model's
 
 
 def test_ckpt_path_of_another_recipe_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     language = lightning_meta_checkpoint(tmp_path / "lm.ckpt", DynamicalLanguageModel(hidden_size=8, num_layers=1),
-                                         "lightning_meta.recipes.DynamicalLanguageModel", hidden_size=8, num_layers=1)
+                                         "lightning_meta.models.DynamicalLanguageModel", hidden_size=8, num_layers=1)
     monkeypatch.chdir(tmp_path)
     status, err = command_line(capsys, omniglot_quick(f"--ckpt_path={language}"))
     assert status == 1 and err.splitlines()[-1] == (
         f"lightning-meta: {language} is a checkpoint of DynamicalLanguageModel "
-        "(lightning_meta.recipes.DynamicalLanguageModel), but this run's model is ConvClassifier "
-        "(lightning_meta.recipes.ConvClassifier): resume it with the config that wrote it, or start this run without "
+        "(lightning_meta.models.DynamicalLanguageModel), but this run's model is ConvClassifier "
+        "(lightning_meta.models.ConvClassifier): resume it with the config that wrote it, or start this run without "
         "--ckpt_path"
     )
 

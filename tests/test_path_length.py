@@ -11,7 +11,7 @@ from helpers import TinyClassifier, ToyFamily, flat
 from lightning_meta.callbacks.meta_evaluation import adapt
 from lightning_meta.engine import LeapRule
 from lightning_meta.metrics import TrainingPath, path_length
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
+from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 
 
 def test_path_length_worked_by_hand_for_a_batch_of_paths():

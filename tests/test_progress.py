@@ -22,11 +22,13 @@ from test_maml import TinyMAML, WithPlainStep
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import MetaCheckpoint, MetaProgressBar
 from lightning_meta.callbacks.progress import _ClearBars, held_out_progress
+from lightning_meta.data import EpisodeDataModule, TaskDataModule
+from lightning_meta.families import DocumentDataModule
+from lightning_meta.data.schedule import TaskSchedule
+from lightning_meta.families import TextDocuments
+from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics
+from lightning_meta.models import DynamicalLanguageModel
 from lightning_meta.optim import LearnedOptimizerTraining
-from lightning_meta.recipes import DynamicalLanguageModel
-from lightning_meta.tasks import DocumentDataModule, EpisodeDataModule, TaskDataModule, TextDocuments
-from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics
-from lightning_meta.tasks.schedule import TaskSchedule
 
 
 def counters(trainer) -> tuple[float, float]:

@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from lightning_meta.callbacks.held_out import HeldOutTraining, one_optimizer
+from lightning_meta.data import Task, TaskInfo
 from lightning_meta.metrics import LearningCurveAUC
-from lightning_meta.recipes import DatasetClassifier, MultiHeadClassifier
-from lightning_meta.tasks import Task, TaskInfo
+from lightning_meta.models import DatasetClassifier, MultiHeadClassifier
+from lightning_meta.trainer.held_out import HeldOutTraining, one_optimizer
 
 
 def test_multi_head_routes_meta_training_batches_to_their_head_and_new_tasks_to_the_fresh_one():
@@ -75,5 +75,5 @@ def test_episode_data_of_maml_configs_follows_the_shared_protocol():
     recipes = Path(__file__).parents[1] / "recipes" / "omniglot"
     shared = yaml.safe_load(open(recipes / "data.yaml"))
     episodes = yaml.safe_load(open(recipes / "episodes.yaml"))
-    assert episodes["class_path"] == "lightning_meta.tasks.EpisodeDataModule"
+    assert episodes["class_path"] == "lightning_meta.data.EpisodeDataModule"
     assert {k: v for k, v in episodes["init_args"].items() if k != "query_size"} == shared

@@ -15,7 +15,7 @@ from test_ddp import run
 
 from lightning_meta import Leap
 from lightning_meta.callbacks.meta_init import FINAL_CHECKPOINT
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 
 def logged_evaluations(folder: Path) -> dict[int, dict[str, str]]:

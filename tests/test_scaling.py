@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_meta.sweep import Sweep, grid
+from lightning_meta.tooling.sweep import Sweep, grid
 
 ROOT = Path(__file__).parents[1]
 SCRIPTS = ("sweep", "scaling", "path_parts", "scaling_costs")  # the recipe scripts these tests import as modules

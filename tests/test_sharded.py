@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from helpers import ToyFamily
 from torch import nn
 
+from lightning_meta.data import TaskDataModule
 from lightning_meta.engine import LeapRule, MetaLearner, ReptileRule, ShardedMetaLearner, TrajectoryRule
-from lightning_meta.tasks import TaskDataModule
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -443,7 +443,7 @@ def test_a_checkpoint_of_shards_resumes_on_as_many_processes_only():
 
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from lightning_meta.callbacks.sharded import own_shards
+    from lightning_meta.trainer.sharded import own_shards
 
     state = {"names": ["w"], "schedule": {}, "counters": {}, "shards": [{"rank": 0}, {"rank": 1}]}
     assert own_shards(SimpleNamespace(world_size=2, global_rank=1), state) == {"rank": 1}  # type: ignore[arg-type]

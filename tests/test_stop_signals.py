@@ -23,7 +23,7 @@ from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import CheckpointOnSignal
 from lightning_meta.callbacks.signal_checkpoint import INTERRUPTED
 from lightning_meta.checkpoint_files import load_checkpoint
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 K, M = 3, 2  # inner steps per task, tasks per meta-step: meta-steps end at steps 6, 12, 18, 24

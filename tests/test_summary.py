@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning_meta import Leap, MetaEvaluation
 from lightning_meta.callbacks import RunSummary
 from lightning_meta.callbacks.summary import format_table
-from lightning_meta.tasks import TaskDataModule
+from lightning_meta.data import TaskDataModule
 
 
 def plain_auc(curve: list[float]) -> float:

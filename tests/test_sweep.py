@@ -11,7 +11,7 @@ from lightning_meta import MetaEvaluation
 from lightning_meta.cli import main
 from lightning_meta.engine import MetaTrainingDiverged
 from lightning_meta.intervals import mean_interval, t_quantile
-from lightning_meta.sweep import Cell, ResultsFile, Sweep, chosen_setting, fit_arguments, grid
+from lightning_meta.tooling.sweep import Cell, ResultsFile, Sweep, chosen_setting, fit_arguments, grid
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 

@@ -17,9 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_meta import Leap, Reptile
-from lightning_meta.callbacks.task_batched import TaskBatchedTraining
+from lightning_meta.data import StreamDataModule, TaskDataModule
 from lightning_meta.engine import LeapRule, MetaLearner, ReptileRule, TaskBatchedLearner
-from lightning_meta.tasks import StreamDataModule, TaskDataModule
+from lightning_meta.trainer.task_batched import TaskBatchedTraining
 
 K, T, META_BATCH, TASKS, LR = 3, 2, 4, 8, 0.3
 RULES = {
@@ -227,7 +227,7 @@ class LoggedLoss(L.Callback):
         self.meta, self.pairs = meta, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.pairs.append((trainer.callback_metrics["train_loss"], self.meta._batched.losses.mean()))
+        self.pairs.append((trainer.callback_metrics["train_loss"], self.meta.loop.batched.losses.mean()))
 
 
 def test_what_training_step_logs_is_averaged_over_the_tasks():

@@ -13,7 +13,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from lightning_meta.tasks import TaskDataModule, VisionDatasets
+from lightning_meta.data import TaskDataModule
+from lightning_meta.families import VisionDatasets
 
 MNIST_LIKE = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
@@ -214,7 +215,7 @@ def test_digits_are_scikit_learns_images() -> None:
 
 
 def test_glyph_alphabets_are_data_sets_with_all_their_characters(glyph_root: str) -> None:
-    from lightning_meta.tasks import GlyphAlphabets
+    from lightning_meta.families import GlyphAlphabets
 
     alphabets = GlyphAlphabets(root=glyph_root).alphabets()
     family = VisionDatasets(train=["glyphs/Greek-1"], val=[], test=["glyphs/Latin-1"], glyph_root=glyph_root)
@@ -229,7 +230,7 @@ def test_glyph_alphabets_are_data_sets_with_all_their_characters(glyph_root: str
 def test_selectable_from_yaml_by_class_path() -> None:
     from lightning_meta import HeldOutEarlyStopping, MetaEvaluation
     from lightning_meta.cli import main
-    from lightning_meta.recipes import DatasetClassifier
+    from lightning_meta.models import DatasetClassifier
 
     recipes = Path(__file__).parents[1] / "recipes" / "vision"
     cli = main(["--config", str(recipes / "leap.yaml"), "--config", str(recipes / "quick.yaml"),
@@ -246,7 +247,7 @@ def test_leap_meta_trains_on_data_sets_and_evaluates_a_held_out_one_with_early_s
     from helpers import make_trainer
 
     from lightning_meta import HeldOutEarlyStopping, Leap, MetaEvaluation
-    from lightning_meta.recipes import DatasetClassifier
+    from lightning_meta.models import DatasetClassifier
 
     torch.manual_seed(0)
     family = VisionDatasets(train=["fashion_mnist", "kmnist"], val=[], test=["mnist"], root=str(mnist_root))

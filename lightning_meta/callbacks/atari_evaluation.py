@@ -1,6 +1,6 @@
 """``AtariEvaluation``: learning curves on held-out Atari games from the meta-learned encoder vs a random one.
 
-When fit ends, for each held-out game of the :class:`~lightning_meta.tasks.AtariDataModule` and each seed, a copy of
+When fit ends, for each held-out game of the :class:`~lightning_meta.families.AtariDataModule` and each seed, a copy of
 the module trains for ``env_steps`` agent steps twice: from theta_0 (the meta-learned encoder, read from the
 Trainer's :class:`~lightning_meta.callbacks.MetaInit`, else the module's weights) and from a random encoder drawn
 with the seed; the heads are fresh in both. The same seed plays the same environments and samples the same way in
@@ -32,14 +32,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress
+from lightning_meta.families.atari_data import AtariDataModule
+from lightning_meta.families.rollouts import Rollout
 from lightning_meta.metrics import curve_auc
 from lightning_meta.plotting import log_image, plot_return_curves
-from lightning_meta.tasks.atari_data import AtariDataModule
-from lightning_meta.tasks.rollouts import Rollout
+from lightning_meta.trainer.held_out import HeldOutTraining
 from lightning_meta.utils import run_dir
+from lightning_meta.validation import check_range
 
 # (random policy, human) scores of DQN Zoo's atari_data.py (30 no-op starts); pass `scores=` for other games
 HUMAN_SCORES = {"Breakout": (1.7, 30.5), "SpaceInvaders": (148.0, 1668.7)}
@@ -133,9 +134,7 @@ class AtariEvaluation(L.Callback):
     ) -> None:
         if normalization not in ("human", "raw"):
             raise ValueError(f"normalization must be 'human' or 'raw', got {normalization!r}")
-        for name, value in {"env_steps": env_steps, "points": points, "window": window}.items():
-            if value < 1:
-                raise ValueError(f"AtariEvaluation: {name} must be >= 1, got {value}")
+        check_range("AtariEvaluation", 1, env_steps=env_steps, points=points, window=window)
         self.env_steps = env_steps
         self.seeds = list(seeds if seeds is not None else [0, 1, 2])
         self.points = points

@@ -4,7 +4,7 @@
 Examples:
     >>> import lightning as L
     >>> from lightning_meta import Leap
-    >>> from lightning_meta.tasks import TaskDataModule
+    >>> from lightning_meta.data import TaskDataModule
     >>> tasks = TaskDataModule("glyphs", inner_steps=100, meta_batch_size=20, max_meta_steps=10)  # the schedule
     >>> trainer = L.Trainer(callbacks=[Leap(meta_lr=0.1)], logger=False, enable_checkpointing=False)
 """

@@ -12,11 +12,11 @@ held-out and training data are scored too, as the Leap paper does. The means and
 drawn next to those of the weights the run started from. The training run itself is left untouched: weights,
 meta-state and RNG streams.
 
-A :class:`~lightning_meta.protocols.TaskAware` module (e.g. :class:`~lightning_meta.recipes.DatasetClassifier`,
+A :class:`~lightning_meta.protocols.TaskAware` module (e.g. :class:`~lightning_meta.models.DatasetClassifier`,
 whose head is a task parameter) has ``start_task`` called at the start of every held-out task. With
 ``early_stopping`` each held-out task of a classifier trains on part of its training data, stops when the error on
 the rest stops improving and is scored with the weights of the lowest validation error
-(:class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`).
+(:class:`~lightning_meta.trainer.early_stopping.HeldOutEarlyStopping`).
 
 With a meta-learning callback and ``baseline=True`` the evaluation also guards the run: theta_0 that trains the
 held-out tasks far worse than the weights the run started from (a meta learning rate that wrecked it, with no task
@@ -49,18 +49,19 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_meta.callbacks.diverged import with_resume_hint
-from lightning_meta.callbacks.early_stopping import HeldOutEarlyStopping
-from lightning_meta.callbacks.held_out import HeldOutTraining
 from lightning_meta.callbacks.meta_init import MetaInit
 from lightning_meta.callbacks.progress import held_out_progress, use_meta_progress_bar
+from lightning_meta.data.family import Split, Task, TaskInfo, dataset_length
+from lightning_meta.data.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
 from lightning_meta.engine import MetaTrainingDiverged
+from lightning_meta.lightning_private import muted_logging
 from lightning_meta.metrics import TrainingPath, curve_auc
 from lightning_meta.plotting import log_image, plot_learning_curves
 from lightning_meta.protocols import CountsMetaSteps, HeldOutTasks, implements, require
-from lightning_meta.tasks.family import Split, Task, TaskInfo, dataset_length
-from lightning_meta.tasks.stream import TaskBatchSampler, TaskCollate, TaskStreamDataset
-from lightning_meta.utils import muted_logging, run_dir, training_loss
+from lightning_meta.trainer.diverged import with_resume_hint
+from lightning_meta.trainer.early_stopping import HeldOutEarlyStopping
+from lightning_meta.trainer.held_out import HeldOutTraining
+from lightning_meta.utils import run_dir, training_loss
 
 SCORING_BATCH = 1024
 """Samples per forward pass when scoring a data set (with batch statistics: the statistics of each such batch)."""
@@ -201,7 +202,7 @@ def adapt(
     ``seed + indices[i]`` (default ``indices = range(len(tasks))``), so a task's curve does not depend on which
     other tasks are evaluated with it; a :class:`~lightning_meta.protocols.TaskAware` module is told it starts task
     ``indices[i]`` of ``split``. ``early_stopping``: see
-    :class:`~lightning_meta.callbacks.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
+    :class:`~lightning_meta.trainer.early_stopping.HeldOutEarlyStopping`. ``device``: where the copy trains
     (default: the module's; at the end of fit Lightning has already moved the module to the CPU). ``progress`` is
     called after every training step.
     """

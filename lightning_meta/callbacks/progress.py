@@ -39,11 +39,11 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.rank_zero import rank_zero_module
 from typing_extensions import override
 
+from lightning_meta.data.datamodule import task_datamodule
+from lightning_meta.lightning_private import LIGHTNING_MESSAGES
 from lightning_meta.protocols import CountsMetaSteps, PlansHeldOutSteps, Pretrains, TrainsTasksApart, implements
-from lightning_meta.tasks.datamodule import task_datamodule
 from lightning_meta.utils import FIRST_TASK, META_COUNTERS
 
 HIDDEN = ("v_num", *META_COUNTERS)
@@ -157,7 +157,7 @@ class MetaProgressBar(TQDMProgressBar):
             bar.reset(total=trainer.max_steps + sum(p.held_out_steps_left(trainer) for p in planned))
             bar.initial = bar.n = trainer.global_step  # a resumed run: the ETA counts the steps left
             if not bar.disable:
-                rank_zero_module.log.addFilter(self._clear_bars)
+                LIGHTNING_MESSAGES.addFilter(self._clear_bars)
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
@@ -202,7 +202,7 @@ class MetaProgressBar(TQDMProgressBar):
     def _close(self) -> None:
         if self._open():
             self.train_progress_bar.close()
-        rank_zero_module.log.removeFilter(self._clear_bars)
+        LIGHTNING_MESSAGES.removeFilter(self._clear_bars)
 
     @override
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

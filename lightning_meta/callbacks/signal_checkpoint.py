@@ -3,8 +3,8 @@
 A scheduler that preempts a job (SLURM, Kubernetes, ``timeout``) sends SIGTERM and kills the process a little
 later; Ctrl+C sends SIGINT. Lightning on its own stops at SIGTERM with exit status 0 and saves nothing, so the work
 since the last interval checkpoint is lost and the scheduler thinks the run succeeded. With this callback the signal
-is recorded (:mod:`lightning_meta.stop_signals`) and answered at the next optimizer step boundary (after the step,
-never inside a gradient-accumulation window): the run's full state goes to ``interrupted.ckpt`` beside the
+is recorded (:mod:`lightning_meta.trainer.stop_signals`) and answered at the next optimizer step boundary (after the
+step, never inside a gradient-accumulation window): the run's full state goes to ``interrupted.ckpt`` beside the
 ``ModelCheckpoint``'s files (in the run's ``checkpoints/`` folder without one), one line names the file and how to
 resume, and fit stops through Lightning's own SIGTERM exit, whose ``SystemExit`` carries the status
 ``128 + signal`` (143 for SIGTERM, 130 for SIGINT). Resuming from the file continues exactly where the run stopped:
@@ -40,8 +40,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_meta import stop_signals
 from lightning_meta.protocols import ResumePoints
+from lightning_meta.trainer import stop_signals
 from lightning_meta.utils import run_dir
 
 INTERRUPTED = "interrupted.ckpt"

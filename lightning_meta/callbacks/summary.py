@@ -2,7 +2,7 @@
 
 When fit is over (after the last evaluation, a module's own included), every callback and the module that evaluate
 the run (:class:`~lightning_meta.protocols.ReportsResults`: :class:`~lightning_meta.MetaEvaluation`,
-:class:`~lightning_meta.AtariEvaluation`, :class:`~lightning_meta.recipes.DynamicalLanguageModel`) give one row per
+:class:`~lightning_meta.AtariEvaluation`, :class:`~lightning_meta.models.DynamicalLanguageModel`) give one row per
 evaluation: each source is printed as a table (values shared by all its rows go into its title) and all rows are
 written to ``summary.csv`` in the run's folder (:func:`~lightning_meta.utils.run_dir`, beside ``metrics.csv``), a
 ``source`` column first. A run that evaluates nothing reports its last logged training metrics instead. Then come

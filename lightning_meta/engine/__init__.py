@@ -7,6 +7,7 @@ from lightning_meta.engine.batched import TaskBatchedLearner
 from lightning_meta.engine.leap import LeapRule
 from lightning_meta.engine.learner import MetaLearner
 from lightning_meta.engine.meta_state import AllReduce, MetaState, distributed_sum
+from lightning_meta.engine.options import MetaOptions
 from lightning_meta.engine.reptile import ReptileRule
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import MetaTrainingDiverged, RunawayGuard
@@ -16,6 +17,7 @@ __all__ = [
     "AllReduce",
     "LeapRule",
     "MetaLearner",
+    "MetaOptions",
     "MetaState",
     "MetaTrainingDiverged",
     "ReptileRule",

@@ -33,19 +33,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_meta.engine.meta_state import AllReduce, MetaState
+from lightning_meta.engine.options import Buffers
 from lightning_meta.engine.rule import TrajectoryRule
 from lightning_meta.engine.runaway import RunawayGuard
 from lightning_meta.utils import ParamFilter, parameter_filter
 from lightning_meta.validation import PARALLEL, Parallel, check_choice
-
-Buffers = Literal["reset", "keep"]
 
 
 def select_parameters(module: nn.Module, include: str | ParamFilter | None) -> list[tuple[str, nn.Parameter]]:
@@ -70,19 +69,12 @@ class MetaLearner:
         rule: turns a task's trajectory into a meta-gradient (:class:`~lightning_meta.engine.LeapRule`,
             :class:`~lightning_meta.engine.ReptileRule`, your own).
         meta_batch_size: tasks this process trains per meta-step (task-parallel on W processes: its share).
-        meta_lr, meta_optimizer, meta_optimizer_kwargs: the meta-optimizer of theta_0
-            (:class:`~lightning_meta.engine.MetaState`).
-        include: which trainable parameters are meta-learned: a regular expression searched in the name, or a
-            predicate ``(name, parameter) -> bool``; ``None`` selects all. The others (e.g. per-task heads) train
-            freely inside each task and are left alone at task starts.
-        buffers: ``"reset"``: buffers (BatchNorm statistics) return to their value when the learner was made at
-            every task start; ``"keep"``: they carry over from the last task that did not diverge.
+        meta_lr, meta_optimizer, meta_optimizer_kwargs, include, buffers, guard: how theta_0 is meta-learned,
+            documented once in :class:`~lightning_meta.engine.MetaOptions` (the callbacks' ``**options``).
         parallel: with ``all_reduce``: ``"tasks"``: each process trains its own tasks, their meta-gradients are
             summed once per meta-step; ``"data"``: all processes train the same task on shards of each batch (the
             module's gradients are already averaged, e.g. by DDP), and each step's loss is averaged over them.
         all_reduce: sums a tensor over the processes (``None``: one process).
-        guard: the checks against runaway meta-training (:class:`~lightning_meta.engine.RunawayGuard`; ``True``: its
-            defaults, ``False``: none). Its loss check reads the losses of rules that use them.
     """
 
     def __init__(

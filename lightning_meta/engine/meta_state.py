@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_meta.engine.runaway import NOT_FINITE, Failure, RunawayGuard
+from lightning_meta.validation import check_range
 
 AllReduce = Callable[[Tensor], Tensor]
 """Sums a tensor over all processes and returns the sum (e.g. ``lambda t: fabric.all_reduce(t, reduce_op="sum")``)."""
@@ -102,8 +103,7 @@ class MetaState:
         all_reduce: AllReduce | None = None,
         guard: RunawayGuard | bool = True,
     ) -> None:
-        if meta_batch_size < 1:
-            raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
+        check_range(type(self).__name__, 1, meta_batch_size=meta_batch_size)
         check_meta_lr(meta_lr)
         self.theta_0 = [torch.nn.Parameter(t.detach().clone()) for t in theta_0]
         for p in self.theta_0:

@@ -56,6 +56,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_meta.validation import check_range
+
 Cause = Literal["inner_lr", "meta_lr"]
 Failure = Literal["dropped", "refused"]
 NOT_FINITE = "its meta-gradient is not finite (a NaN or infinite loss or parameters)"
@@ -104,10 +106,7 @@ class RunawayGuard:
         for name, ratio in ratios.items():
             if ratio is not None and not ratio > 1:
                 raise ValueError(f"RunawayGuard: {name} must be > 1 or None (off), got {ratio}")
-        if stop_after is not None and stop_after < 1:
-            raise ValueError(f"RunawayGuard: stop_after must be >= 1 or None (never), got {stop_after}")
-        if window < 1 or warmup < 1:
-            raise ValueError(f"RunawayGuard: window and warmup must be >= 1, got {window} and {warmup}")
+        check_range("RunawayGuard", 1, stop_after=stop_after, window=window, warmup=warmup)  # stop_after None: never
         self.loss_ratio = loss_ratio
         self.distance_ratio = distance_ratio
         self.norm_ratio = norm_ratio

@@ -3,7 +3,7 @@
 The inner loop adapts a ``{name: tensor}`` copy of the module's parameters with ``torch.func.functional_call``; the
 module's real parameters stay ordinary ``nn.Parameter`` objects, so Lightning's optimizer, gradient accumulation,
 DDP, checkpoints and every other callback work unchanged. ``training_step`` on an
-:class:`~lightning_meta.tasks.EpisodeBatch` returns the mean query loss at the adapted parameters, whose gradient
+:class:`~lightning_meta.data.EpisodeBatch` returns the mean query loss at the adapted parameters, whose gradient
 is the (first- or second-order) MAML meta-gradient; any other batch goes to the module's own ``training_step``.
 
 Examples:
@@ -11,7 +11,7 @@ Examples:
     >>> import torch.nn.functional as F
     >>> from torch import nn
     >>> from lightning_meta.mixins import MAMLMixin
-    >>> from lightning_meta.tasks import EpisodeBatch
+    >>> from lightning_meta.data import EpisodeBatch
     >>> class FewShot(MAMLMixin, L.LightningModule):
     ...     def __init__(self):
     ...         super().__init__()
@@ -46,8 +46,9 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_meta.checkpointing import CheckpointedSegment, segment_bounds
-from lightning_meta.tasks.episodes import EpisodeBatch
+from lightning_meta.data.episodes import EpisodeBatch
 from lightning_meta.utils import ParamFilter, log_meta_progress, parameter_filter
+from lightning_meta.validation import check_range
 
 BatchNormMode = Literal["batch", "task", "frozen"]
 LEARNED_LRS = "maml_inner_lrs"
@@ -118,14 +119,11 @@ class MAMLMixin:
                 (:class:`CheckpointedSegment`): memory holds one segment's graph plus each segment's inputs instead
                 of the whole unroll's graph, at the cost of running every inner step twice. 0 or 1: none.
         """
-        if inner_steps is not None and inner_steps < 1:
-            raise ValueError(f"configure_maml: inner_steps must be >= 1 or None, got {inner_steps}")
+        check_range("configure_maml", 1, inner_steps=inner_steps)
+        check_range("configure_maml", 0, checkpoint_segments=checkpoint_segments)
+        check_range("configure_maml", 0, strict=True, inner_lr=inner_lr)
         if batch_norm not in ("batch", "task", "frozen"):
             raise ValueError(f"configure_maml: batch_norm must be 'batch', 'task' or 'frozen', got {batch_norm!r}")
-        if checkpoint_segments < 0:
-            raise ValueError(f"configure_maml: checkpoint_segments must be >= 0, got {checkpoint_segments}")
-        if not inner_lr > 0:
-            raise ValueError(f"configure_maml: inner_lr must be > 0, got {inner_lr}")
         if batch_norm == "task" and checkpoint_segments > 1:
             raise ValueError(
                 "configure_maml: batch_norm='task' updates running statistics in place, which a checkpointed "

@@ -1,6 +1,6 @@
 """``LearnedOptimizerTraining``: meta-train a :class:`CoordinatewiseLSTM` (and optionally the init) on a task family.
 
-Every batch is an :class:`~lightning_meta.tasks.EpisodeBatch`: for each of its tasks the optimizee starts from its
+Every batch is an :class:`~lightning_meta.data.EpisodeBatch`: for each of its tasks the optimizee starts from its
 init and is trained by the LSTM for ``unroll_steps`` steps on the episode's support batches (reused in turn). The
 meta-loss is the mean optimizee loss along the unroll; truncated back-propagation steps the meta-optimizer every
 ``truncation`` steps, carrying parameters and LSTM states across and cutting the graph.
@@ -8,8 +8,8 @@ meta-loss is the mean optimizee loss along the unroll; truncated back-propagatio
 Examples:
     >>> import lightning as L
     >>> from lightning_meta.optim.training import LearnedOptimizerTraining
-    >>> from lightning_meta.tasks import EpisodeDataModule
-    >>> from lightning_meta.tasks.quadratics import QuadraticOptimizee, RandomQuadratics
+    >>> from lightning_meta.data import EpisodeDataModule
+    >>> from lightning_meta.families.quadratics import QuadraticOptimizee, RandomQuadratics
     >>> module = LearnedOptimizerTraining(QuadraticOptimizee(dim=4), loss="squared_error", unroll_steps=4, truncation=2)
     >>> data = EpisodeDataModule(RandomQuadratics(dim=4, num_train=8), inner_steps=1, batch_size=1, meta_batch_size=2)
     >>> trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta.data.episodes import EpisodeBatch
+from lightning_meta.families.quadratics import squared_error
 from lightning_meta.optim.learned import LearnedOptimizer
 from lightning_meta.optim.lstm import CoordinatewiseLSTM
 from lightning_meta.optim.unroll import UnrollState, unroll
-from lightning_meta.tasks.episodes import EpisodeBatch
-from lightning_meta.tasks.quadratics import squared_error
 from lightning_meta.utils import log_meta_progress
+from lightning_meta.validation import check_range
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": F.cross_entropy,
@@ -79,8 +80,7 @@ class LearnedOptimizerTraining(L.LightningModule):
         super().__init__()
         if objective not in ("loss", "log_loss"):
             raise ValueError(f"objective must be 'loss' or 'log_loss', got {objective!r}")
-        if unroll_steps < 1 or (truncation is not None and truncation < 1):
-            raise ValueError(f"unroll_steps and truncation must be >= 1, got {unroll_steps} and {truncation}")
+        check_range(type(self).__name__, 1, unroll_steps=unroll_steps, truncation=truncation)
         if isinstance(loss, str) and loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
         self.save_hyperparameters(ignore=["optimizee", "net", "loss"])

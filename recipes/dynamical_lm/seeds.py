@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from lightning_meta.sweep import format_interval
+from lightning_meta.tooling.sweep import format_interval
 
 HERE = Path(__file__).parent
 COLUMNS = ["seed", "init", "updater", "sgd_lr", "bits_per_byte", "trained_horizon_bits_per_byte", "document_mean",

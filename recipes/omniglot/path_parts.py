@@ -23,7 +23,7 @@ from scaling import BASE, HERE, TUNED_UP_TO, Point, point_arguments
 
 from lightning_meta.callbacks.meta_evaluation import HeldOutCurves, adapt
 from lightning_meta.cli import main as lightning_meta
-from lightning_meta.sweep import Cell, fit_arguments, format_interval
+from lightning_meta.tooling.sweep import Cell, fit_arguments, format_interval
 
 EVALUATION = "MetaEvaluation{'split': 'test'}"
 METHODS = ("scratch", "reptile", "leap")

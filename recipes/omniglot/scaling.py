@@ -2,7 +2,7 @@
 
 Every point of an axis differs from the quick size of ``sweep.py --quick`` (``BASE``: 20 meta-steps of meta-batch 5,
 10 inner steps, a 32-channel net, no augmentation, 25 meta-training alphabets) in one setting, and is a fair sweep of
-its own (``lightning_meta.sweep``): every method tuned on the 5 validation alphabets at that point (so the tuned rate
+its own (``lightning_meta.tooling.sweep``): every method tuned on the 5 validation alphabets at that point (so the tuned rate
 may move along an axis), the chosen setting trained again with a fresh seed and scored once on the 10 test alphabets,
 3 seeds, 95 % t-intervals. Held-out alphabets train as many steps as meta-training's tasks. Each row also holds the
 mean length of the held-out tasks' training paths in the joint (theta, loss) space, the quantity Leap minimises
@@ -50,7 +50,7 @@ from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.callbacks.meta_evaluation import HeldOutCurves  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
 from lightning_meta.intervals import mean_interval  # noqa: E402
-from lightning_meta.sweep import Cell, Row, Sweep, chosen_counts, fit_arguments, format_interval, grid  # noqa: E402
+from lightning_meta.tooling.sweep import Cell, Row, Sweep, chosen_counts, fit_arguments, format_interval, grid  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep import EPISODIC, METRICS, QUICK_GRIDS  # noqa: E402  (recipes/omniglot/sweep.py)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scaling import AXES, BASE, TUNED_UP_TO, Point, scored_points
 
-from lightning_meta.sweep import Cell
+from lightning_meta.tooling.sweep import Cell
 
 Run = tuple[str, str, str, str, str]  # stage, method, group launched as, seed, setting
 

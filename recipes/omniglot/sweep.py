@@ -1,7 +1,7 @@
 """The Leap paper's Omniglot sweep, fairly: methods x meta-training alphabets x seeds (its Figure 3, right).
 
 Every cell is one ``lightning-meta fit`` run of ``recipes/omniglot/<method>.yaml`` with ``num_train`` meta-training
-alphabets, in two stages (``lightning_meta.sweep``):
+alphabets, in two stages (``lightning_meta.tooling.sweep``):
 
 1. tuning: for each method, number of alphabets and seed, every setting of the method's grid (the meta learning
    rate; fine-tuning: its pre-training rate; MAML: meta and inner rates, jointly) is trained and scored on the 5
@@ -40,7 +40,7 @@ from lightning_meta import MetaEvaluation, MetaInit  # noqa: E402
 from lightning_meta.cli import main as lightning_meta  # noqa: E402
 from lightning_meta.cli_errors import run_reporting_errors  # noqa: E402
 from lightning_meta.intervals import mean_interval  # noqa: E402
-from lightning_meta.sweep import (  # noqa: E402
+from lightning_meta.tooling.sweep import (  # noqa: E402
     Cell,
     Row,
     Sweep,

@@ -2,7 +2,7 @@
 scored on each held-out data set by test error, training error and the AUC of the training-error curve.
 
 Every cell is one ``lightning-meta fit`` run of ``recipes/vision/<method>.yaml``, in two stages
-(``lightning_meta.sweep``): for each seed, every setting of a method's grid (Leap: its meta learning rate; fine-tuning:
+(``lightning_meta.tooling.sweep``): for each seed, every setting of a method's grid (Leap: its meta learning rate; fine-tuning:
 its pre-training rate) is trained and scored on the **validation** data sets by the held-out training-error AUC; the
 chosen setting is trained again with a fresh run seed and scored on the **test** data sets, once. ``MetaEvaluation``
 trains each held-out data set at the end of fit (fresh head, early stopping on a validation split). ``results.csv``
@@ -37,7 +37,7 @@ from lightning_meta import MetaEvaluation
 from lightning_meta.cli import main as lightning_meta
 from lightning_meta.cli_errors import run_reporting_errors
 from lightning_meta.metrics import curve_auc
-from lightning_meta.sweep import Cell, Row, Sweep, fit_arguments, format_interval, grid, number, tuning_table
+from lightning_meta.tooling.sweep import Cell, Row, Sweep, fit_arguments, format_interval, grid, number, tuning_table
 
 HERE = Path(__file__).parent
 METHODS = ("leap", "finetune", "scratch")
