@@ -13,6 +13,7 @@ Examples:
     >>> write_atomically(path, lambda file: file.write(b"whole"))
     >>> path.read_bytes(), [p.name for p in path.parent.iterdir()]
     (b'whole', ['notes.txt'])
+    >>> shutil.rmtree(path.parent)
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ Examples:
     True
     >>> plot_text_heatmap(text, saved, folder / "saved.png", "bits saved").stat().st_size > 0
     True
+    >>> import shutil; shutil.rmtree(folder)
 """
 
 from __future__ import annotations

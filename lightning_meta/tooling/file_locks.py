@@ -12,6 +12,7 @@ Examples:
     >>> with claimed(path) as mine:
     ...     mine, holder(path) == f"{socket.gethostname()} pid {os.getpid()}"
     (True, True)
+    >>> import shutil; shutil.rmtree(path.parent)
 """
 
 from __future__ import annotations

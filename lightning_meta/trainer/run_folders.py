@@ -16,6 +16,7 @@ Examples:
     True
     >>> claim_version(CSVLogger(root)), claim_version(CSVLogger(root))  # claimed: each gets its own
     (0, 1)
+    >>> import shutil; shutil.rmtree(root)
 """
 
 from __future__ import annotations
